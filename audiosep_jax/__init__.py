@@ -1,0 +1,1 @@
+"""Probabilistic audio source separation with deep generative priors, in JAX."""
