@@ -1,0 +1,400 @@
+"""Training: the optimizer, a pure train-step factory, checkpoints and the loop.
+
+One compiled step trains all K priors: the per-source update (loss, gradient, clipping,
+Adam, non-finite guard) is written for one prior and `jax.vmap`-ed over the stacked
+params [K, ...], so the priors stay independent (each its own gradient clipping and
+optimizer state). The step is jitted over a one-axis `data` mesh with `NamedSharding`:
+batch sharded, state replicated; the same code runs on one device and on many.
+"""
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from audiosep_jax import metric_writer
+from audiosep_jax import priors
+from audiosep_jax.data import pipeline
+
+
+class TrainState(struct.PyTreeNode):
+  """step: scalar; params and opt_state stacked [K, ...]; skipped [K] non-finite updates."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  skipped: jax.Array
+
+
+class Noise(NamedTuple):
+  """Training noise x + sigma * eps; legacy: the 2020 code's U(0, 1)-scaled, clamped noise."""
+  sigma: float = 0.0
+  legacy: bool = False
+
+
+def learning_rate_schedule(optim_config, num_steps):
+  """Constant lr, times decay_factor at num_milestones steps evenly spread from
+  decay_start_fraction * num_steps to num_steps (the paper: 36% ... 100%)."""
+  milestones = np.linspace(optim_config.decay_start_fraction * num_steps, num_steps,
+                           optim_config.num_milestones)
+  boundaries = {}
+  for milestone in np.round(milestones).astype(int):
+    boundaries[int(milestone)] = boundaries.get(int(milestone), 1.0) * optim_config.decay_factor
+  return optax.piecewise_constant_schedule(optim_config.learning_rate, boundaries)
+
+
+def make_optimizer(optim_config, num_steps):
+  """Per-prior optimizer: clip the gradient's global norm, then Adam on the step schedule."""
+  return optax.chain(
+      optax.clip_by_global_norm(optim_config.clip_norm),
+      optax.adam(learning_rate_schedule(optim_config, num_steps), b1=optim_config.b1,
+                 b2=optim_config.b2, eps=optim_config.eps))
+
+
+def create_train_state(prior, optimizer, key, init_batch, params=None):
+  """State for K priors; init_batch [B, K, T] drives ActNorm's data-dependent init.
+
+  params: start from these [K, ...] params instead (noise fine-tuning).
+  """
+  if params is None:
+    params = priors.stack_init(prior, key, init_batch)
+  num_sources = init_batch.shape[1]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=jax.vmap(optimizer.init)(params),
+                    skipped=jnp.zeros((num_sources,), jnp.int32))
+
+
+def add_noise(key, batch, noise):
+  """batch [B, K, T] -> batch + sigma * eps (legacy: sigma * U(0, 1) per example, clamped)."""
+  if noise.sigma == 0.0:
+    return batch
+  key_eps, key_scale = jax.random.split(key)
+  eps = jax.random.normal(key_eps, batch.shape, batch.dtype)
+  if not noise.legacy:
+    return batch + noise.sigma * eps
+  scale = jax.random.uniform(key_scale, batch.shape[:2] + (1,), batch.dtype)
+  return jnp.clip(batch + noise.sigma * scale * eps, -1.0, 1.0)
+
+
+def tree_where(condition, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
+def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
+  """Returns the pure step(state, batch [B, K, T]) -> (state, metrics of [K]).
+
+  Loss: mean negative log-likelihood in nats per sample, per prior. A prior whose loss or
+  gradient is not finite keeps its params and optimizer state and counts a skip.
+  """
+  noise_key = jax.random.key(0) if noise_key is None else noise_key
+
+  def loss_fn(params, x):
+    return -jnp.mean(prior.log_prob(params, x))
+
+  def update_one_prior(params, opt_state, x):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    return (tree_where(finite, new_params, params), tree_where(finite, new_opt_state, opt_state),
+            loss, grad_norm, finite)
+
+  def step(state, batch):
+    batch = add_noise(jax.random.fold_in(noise_key, state.step), batch, noise)
+    params, opt_state, loss, grad_norm, finite = jax.vmap(
+        update_one_prior, in_axes=(0, 0, 1))(state.params, state.opt_state, batch)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              skipped=state.skipped + (~finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,
+               "param_norm": jax.vmap(optax.global_norm)(params)}
+    return new_state, metrics
+
+  return step
+
+
+def make_mesh(num_devices=0):
+  """A one-axis `data` mesh over the first num_devices devices (0: all of them)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"config.training.num_devices={num_devices}, but jax sees only "
+                       f"{len(devices)} devices.")
+    devices = devices[:num_devices]
+  return Mesh(np.array(devices), ("data",))
+
+
+def compile_train_step(step, mesh):
+  """jit over the mesh: state replicated (and donated), batch split on axis 0."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(step, in_shardings=(replicated, pipeline.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def check_batch_size(batch_size, mesh):
+  if batch_size % mesh.size:
+    raise ValueError(f"config.training.batch_size={batch_size} must be divisible by the "
+                     f"{mesh.size} devices of the data mesh.")
+
+
+# Checkpoints ---------------------------------------------------------------------------
+
+
+def level_name(sigma):
+  """Directory name of a noise level: sigma_0 (noiseless), sigma_0.01, ..."""
+  return f"sigma_{float(sigma):g}"
+
+
+def checkpoint_dir(workdir, family, sigma):
+  return os.path.join(os.path.abspath(workdir), "checkpoints", family, level_name(sigma))
+
+
+def checkpoint_manager(directory, max_to_keep):
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _key_name(entry):
+  for attribute in ("key", "name", "idx"):
+    if hasattr(entry, attribute):
+      return str(getattr(entry, attribute))
+  return str(entry)
+
+
+def _shapes_by_path(tree):
+  """{'params/block_0_flow_0/actnorm/loc': shape, ...}, the same for dataclasses,
+  named tuples and the plain dicts and lists of orbax metadata."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_checkpoint_shapes(manager, step, abstract_state):
+  """Raises a ValueError naming the checkpoint and the first mismatched leaves when the
+  checkpoint was written by a model of another shape."""
+  stored = manager.item_metadata(step)
+  stored_shapes = _shapes_by_path(stored)
+  wanted_shapes = _shapes_by_path(abstract_state)
+  missing = sorted(set(wanted_shapes) - set(stored_shapes))
+  extra = sorted(set(stored_shapes) - set(wanted_shapes))
+  params_first = lambda k: (not k.startswith("params/"), k)
+  differ = [k for k in sorted(set(wanted_shapes) & set(stored_shapes), key=params_first)
+            if wanted_shapes[k] != stored_shapes[k]]
+  if missing or extra or differ:
+    details = [f"{k}: checkpoint {stored_shapes[k]}, config {wanted_shapes[k]}"
+               for k in differ[:3]]
+    details += [f"{k}: not in the checkpoint" for k in missing[:3]]
+    details += [f"{k}: only in the checkpoint" for k in extra[:3]]
+    raise ValueError(
+        f"The checkpoint {manager.directory}/{step} was written by a model of another "
+        f"shape than config.model describes ({len(differ)} shapes differ, {len(missing)} "
+        f"leaves missing, {len(extra)} extra): " + "; ".join(details) +
+        ". Use a new --workdir, or the config that wrote this one.")
+
+
+def restore_state(manager, step, abstract_state):
+  """Restores `step` into the abstract target (shapes checked first)."""
+  check_checkpoint_shapes(manager, step, abstract_state)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def all_finite(tree):
+  return bool(jax.tree.reduce(lambda a, b: a & b,
+                              jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree)))
+
+
+def save_state(manager, state):
+  """Saves state at its step; refuses non-finite params (they are never checkpointed)."""
+  if not all_finite(state.params):
+    raise FloatingPointError(f"Non-finite parameters at step {int(state.step)}; not saved.")
+  manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+
+
+def write_config(config, workdir):
+  """Writes the resolved config to <workdir>/configs/<family>.json (atomically)."""
+  directory = os.path.join(workdir, "configs")
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{config.model.family}.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+# Evaluation ----------------------------------------------------------------------------
+
+
+def make_eval_fn(prior):
+  """Jitted params [K, ...], x [B, K, T] -> summed log p per source [K] (nats)."""
+  return jax.jit(lambda params, x: jnp.sum(priors.stacked_log_prob(prior, params, x), axis=(0, 2)))
+
+
+def evaluate(eval_fn, params, test_data, batch_size):
+  """Mean test log-likelihood per source [K], nats per sample."""
+  total = 0.0
+  for start in range(0, test_data.shape[0], batch_size):
+    total = total + np.asarray(eval_fn(params, test_data[start:start + batch_size]))
+  return total / (test_data.shape[0] * test_data.shape[2])
+
+
+# The loop ------------------------------------------------------------------------------
+
+
+def _abstract_state(prior, optimizer, key, batch_shape):
+  dummy = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
+  return jax.eval_shape(lambda x: create_train_state(prior, optimizer, key, x), dummy)
+
+
+def _format_seconds(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
+  """Trains config.model.family's K priors on config.data; returns the final TrainState.
+
+  sigma > 0: one noise fine-tuning level (config.finetune.num_steps steps of x + sigma * eps,
+  from init_params). Resumes from the latest checkpoint of its level directory.
+  """
+  family = config.model.family
+  prior = priors.build(config.model)
+  num_steps = config.training.num_steps if sigma == 0.0 else config.finetune.num_steps
+  optimizer = make_optimizer(config.optim, num_steps)
+  mesh = make_mesh(config.training.num_devices)
+  check_batch_size(config.training.batch_size, mesh)
+  write_config(config, workdir)
+  base_key = jax.random.key(config.seed)
+  init_key, noise_key, sample_key = (jax.random.fold_in(base_key, i) for i in range(3))
+
+  directory = checkpoint_dir(workdir, family, sigma)
+  manager = checkpoint_manager(directory, config.training.max_checkpoints)
+  batch_shape = (config.training.batch_size, len(config.data.source_names),
+                 config.data.crop_length)
+  start_step = manager.latest_step() or 0
+  batches = pipeline.train_batches(config, start_step, mesh, stream)
+  if manager.latest_step() is not None:
+    state = restore_state(manager, start_step,
+                          _abstract_state(prior, optimizer, init_key, batch_shape))
+    logging.info("Resumed %s at step %d from %s", family, start_step, directory)
+  else:
+    first_batch = next(pipeline.train_batches(config, 0, mesh, stream))
+    state = create_train_state(prior, optimizer, init_key, first_batch, init_params)
+  state = replicate(state, mesh)
+  noise = Noise(sigma, config.finetune.legacy_noise)
+  train_step = compile_train_step(make_train_step(prior, optimizer, noise, noise_key), mesh)
+  schedule = learning_rate_schedule(config.optim, num_steps)
+
+  names = tuple(config.data.source_names)
+  test_data = pipeline.test_set(config)
+  eval_fn = make_eval_fn(prior)
+  sample_fn = jax.jit(lambda params, key: priors.stacked_sample(
+      prior, params, key, config.training.num_audio_samples, config.data.test_length))
+  writer = metric_writer.MetricWriter(
+      os.path.join(workdir, "tb", family, level_name(sigma)))
+  if start_step == 0:
+    writer.write_hparams(config.to_dict())
+
+  def run_eval(step):
+    test_ll = evaluate(eval_fn, state.params, test_data, config.training.eval_batch_size)
+    writer.write_scalars(step, {f"test_nats_per_sample/{n}": v for n, v in zip(names, test_ll)})
+    logging.info("[%s %s] step %d test nats/sample: %s", family, level_name(sigma), step,
+                 ", ".join(f"{n} {v:.3f}" for n, v in zip(names, test_ll)))
+    if config.training.num_audio_samples:
+      audio = np.asarray(sample_fn(state.params, jax.random.fold_in(sample_key, step)))
+      writer.write_audios(step, {f"sample/{n}": audio[:, k] for k, n in enumerate(names)},
+                          config.data.sample_rate)
+    return test_ll
+
+  last_time, last_step = time.time(), start_step
+  for step in range(start_step, num_steps):
+    state, metrics = train_step(state, next(batches))
+    done = step + 1
+    if done % config.training.log_every == 0 or done == num_steps:
+      metrics = jax.device_get(metrics)
+      now = time.time()
+      rate = (done - last_step) / max(now - last_time, 1e-9)
+      last_time, last_step = now, done
+      scalars = {"lr": float(schedule(step)), "steps_per_sec": rate}
+      for k, n in enumerate(names):
+        scalars[f"loss/{n}"] = metrics["loss"][k]
+        scalars[f"nats_per_sample/{n}"] = -metrics["loss"][k]
+        scalars[f"grad_norm/{n}"] = metrics["grad_norm"][k]
+        scalars[f"skipped/{n}"] = metrics["skipped"][k]
+      scalars["loss"] = float(np.mean(metrics["loss"]))
+      writer.write_scalars(done, scalars)
+      logging.info("[%s %s] step %d/%d | loss %.4f | %.2f steps/s | ETA %s | skipped %s",
+                   family, level_name(sigma), done, num_steps, scalars["loss"], rate,
+                   _format_seconds((num_steps - done) / max(rate, 1e-9)),
+                   metrics["skipped"].tolist())
+    if done % config.training.eval_every == 0 or done == num_steps:
+      run_eval(done)
+    if done % config.training.checkpoint_every == 0 or done == num_steps:
+      save_state(manager, state)
+  manager.wait_until_finished()
+  writer.close()
+  return state
+
+
+def finetune(config, workdir):
+  """Noise fine-tuning, serially: level i starts from level i - 1 (the first from sigma 0).
+
+  Returns the params of the last level [K, ...].
+  """
+  sigmas = tuple(config.finetune.sigmas)
+  if any(s <= 0 for s in sigmas):
+    raise ValueError(f"config.finetune.sigmas must be positive, got {sigmas}.")
+  params = load_params(config, workdir, 0.0)
+  for level, sigma in enumerate(sigmas, start=1):
+    params = train_and_evaluate(config, workdir, sigma=sigma, init_params=params,
+                                stream=level).params
+  return params
+
+
+def load_params(config, workdir, sigma):
+  """The params [K, ...] of the latest checkpoint of one level."""
+  prior = priors.build(config.model)
+  family = config.model.family
+  directory = checkpoint_dir(workdir, family, sigma)
+  manager = checkpoint_manager(directory, config.training.max_checkpoints)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f"No checkpoint of the {family} priors at {level_name(sigma)} in {directory}; "
+        f"run --mode=train (and --mode=finetune for sigma > 0) first.")
+  num_steps = config.training.num_steps if sigma == 0.0 else config.finetune.num_steps
+  optimizer = make_optimizer(config.optim, num_steps)
+  batch_shape = (config.training.batch_size, len(config.data.source_names),
+                 config.data.crop_length)
+  abstract = _abstract_state(prior, optimizer, jax.random.key(config.seed), batch_shape)
+  return restore_state(manager, step, abstract).params
+
+
+def load_level_params(config, workdir, sigmas):
+  """Params of several levels stacked [L, K, ...], in the order of `sigmas`."""
+  per_level = [load_params(config, workdir, s) for s in sigmas]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_level)
+
+
+def evaluate_checkpoint(config, workdir, sigma=0.0):
+  """Test nats/sample per source of the latest checkpoint: {source: value}."""
+  prior = priors.build(config.model)
+  params = load_params(config, workdir, sigma)
+  test_ll = evaluate(make_eval_fn(prior), params, pipeline.test_set(config),
+                     config.training.eval_batch_size)
+  result = {n: float(v) for n, v in zip(config.data.source_names, test_ll)}
+  logging.info("Test nats/sample (%s, %s): %s", config.model.family, level_name(sigma),
+               json.dumps(result))
+  return result
+
