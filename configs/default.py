@@ -98,13 +98,20 @@ def get_default_config():
 
   config.separation = ml_collections.ConfigDict()
   config.separation.steps_per_level = 100
+  # Langevin step at level i: eta_i = delta * sigma_i^2 / sigma_L^2.
   config.separation.delta = 3e-5
   # gamma_i = gamma_scale * sigma_i (BASIS: 1).
   config.separation.gamma_scale = 1.0
+  # 'noise': x_k ~ N(0, (init_scale * sigma_1)^2); 'mix': x_k = m / sum_j a_j.
   config.separation.init = "noise"
+  config.separation.init_scale = 1.0
+  # Fixed-seed test mixes separated by --mode=separate, each mix_length samples long.
   config.separation.num_mixes = 8
   config.separation.mix_length = 16_384
   config.separation.batch_size = 8
+  # --input files: chunks of mix_length samples, consecutive ones sharing chunk_overlap
+  # samples (raised-cosine crossfade).
   config.separation.chunk_overlap = 1_024
+  # Per-level residual, score and SI-SDR trace in metrics.json.
   config.separation.trace = True
   return config
