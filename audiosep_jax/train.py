@@ -20,6 +20,7 @@ from absl import logging
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from audiosep_jax import distributed
 from audiosep_jax import metric_writer
 from audiosep_jax import priors
 from audiosep_jax.data import pipeline
@@ -100,7 +101,7 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
 
   def update_one_prior(params, opt_state, x):
     loss, grads = jax.value_and_grad(loss_fn)(params, x)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -114,20 +115,27 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,
-               "param_norm": jax.vmap(optax.global_norm)(params)}
+               "param_norm": jax.vmap(optax.tree.norm)(params)}
     return new_state, metrics
 
   return step
 
 
 def make_mesh(num_devices=0):
-  """A one-axis `data` mesh over the first num_devices devices (0: all of them)."""
-  devices = jax.devices()
+  """A one-axis `data` mesh over num_devices devices (0: all of them), process by process,
+  so that each process holds one contiguous block of every batch (`pipeline.process_slice`);
+  with several processes, num_devices / process_count devices of each."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"config.training.num_devices={num_devices}, but jax sees only "
                        f"{len(devices)} devices.")
-    devices = devices[:num_devices]
+    count = jax.process_count()
+    if num_devices % count:
+      raise ValueError(f"config.training.num_devices={num_devices} must be a multiple of "
+                       f"the {count} processes.")
+    by_process = [[d for d in devices if d.process_index == p] for p in range(count)]
+    devices = [d for local in by_process for d in local[:num_devices // count]]
   return Mesh(np.array(devices), ("data",))
 
 
@@ -223,7 +231,9 @@ def save_state(manager, state):
 
 
 def write_config(config, workdir):
-  """Writes the resolved config to <workdir>/configs/<family>.json (atomically)."""
+  """Writes the resolved config to <workdir>/configs/<family>.json (atomically; process 0)."""
+  if not distributed.is_primary():
+    return
   directory = os.path.join(workdir, "configs")
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{config.model.family}.json")
@@ -236,25 +246,31 @@ def write_config(config, workdir):
 # Evaluation ----------------------------------------------------------------------------
 
 
-def make_eval_fn(prior):
-  """Jitted params [K, ...], x [B, K, T] -> summed log p per source [K] (nats)."""
-  return jax.jit(lambda params, x: jnp.sum(priors.stacked_log_prob(prior, params, x), axis=(0, 2)))
+def make_eval_fn(prior, mesh):
+  """params [K, ...], host x [B, K, T] -> log p per example and source [B, K] (nats, numpy),
+  the examples split over every device of `mesh`."""
+  return distributed.map_rows(
+      lambda params, x: jnp.sum(priors.stacked_log_prob(prior, params, x), axis=2), mesh)
 
 
 def evaluate(eval_fn, params, test_data, batch_size):
   """Mean test log-likelihood per source [K], nats per sample."""
   total = 0.0
   for start in range(0, test_data.shape[0], batch_size):
-    total = total + np.asarray(eval_fn(params, test_data[start:start + batch_size]))
+    total = total + np.sum(eval_fn(params, test_data[start:start + batch_size]), axis=0)
   return total / (test_data.shape[0] * test_data.shape[2])
 
 
 # The loop ------------------------------------------------------------------------------
 
 
-def _abstract_state(prior, optimizer, key, batch_shape):
+def _abstract_state(prior, optimizer, key, batch_shape, mesh):
+  """The state's shapes, replicated on `mesh` (the restore target on every process)."""
   dummy = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
-  return jax.eval_shape(lambda x: create_train_state(prior, optimizer, key, x), dummy)
+  shapes = jax.eval_shape(lambda x: create_train_state(prior, optimizer, key, x), dummy)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)
 
 
 def _format_seconds(seconds):
@@ -286,11 +302,14 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   batches = pipeline.train_batches(config, start_step, mesh, stream)
   if manager.latest_step() is not None:
     state = restore_state(manager, start_step,
-                          _abstract_state(prior, optimizer, init_key, batch_shape))
+                          _abstract_state(prior, optimizer, init_key, batch_shape, mesh))
     logging.info("Resumed %s at step %d from %s", family, start_step, directory)
   else:
     first_batch = next(pipeline.train_batches(config, 0, mesh, stream))
-    state = create_train_state(prior, optimizer, init_key, first_batch, init_params)
+    init_state = jax.jit(
+        lambda batch, params: create_train_state(prior, optimizer, init_key, batch, params),
+        out_shardings=NamedSharding(mesh, PartitionSpec()))
+    state = init_state(first_batch, init_params)
   state = replicate(state, mesh)
   noise = Noise(sigma, config.finetune.legacy_noise)
   train_step = compile_train_step(make_train_step(prior, optimizer, noise, noise_key), mesh)
@@ -298,7 +317,7 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
 
   names = tuple(config.data.source_names)
   test_data = pipeline.test_set(config)
-  eval_fn = make_eval_fn(prior)
+  eval_fn = make_eval_fn(prior, mesh)
   sample_fn = jax.jit(lambda params, key: priors.stacked_sample(
       prior, params, key, config.training.num_audio_samples, config.data.test_length))
   writer = metric_writer.MetricWriter(
@@ -318,32 +337,35 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
     return test_ll
 
   last_time, last_step = time.time(), start_step
-  for step in range(start_step, num_steps):
-    state, metrics = train_step(state, next(batches))
-    done = step + 1
-    if done % config.training.log_every == 0 or done == num_steps:
-      metrics = jax.device_get(metrics)
-      now = time.time()
-      rate = (done - last_step) / max(now - last_time, 1e-9)
-      last_time, last_step = now, done
-      scalars = {"lr": float(schedule(step)), "steps_per_sec": rate}
-      for k, n in enumerate(names):
-        scalars[f"loss/{n}"] = metrics["loss"][k]
-        scalars[f"nats_per_sample/{n}"] = -metrics["loss"][k]
-        scalars[f"grad_norm/{n}"] = metrics["grad_norm"][k]
-        scalars[f"skipped/{n}"] = metrics["skipped"][k]
-      scalars["loss"] = float(np.mean(metrics["loss"]))
-      writer.write_scalars(done, scalars)
-      logging.info("[%s %s] step %d/%d | loss %.4f | %.2f steps/s | ETA %s | skipped %s",
-                   family, level_name(sigma), done, num_steps, scalars["loss"], rate,
-                   _format_seconds((num_steps - done) / max(rate, 1e-9)),
-                   metrics["skipped"].tolist())
-    if done % config.training.eval_every == 0 or done == num_steps:
-      run_eval(done)
-    if done % config.training.checkpoint_every == 0 or done == num_steps:
-      save_state(manager, state)
-  manager.wait_until_finished()
-  writer.close()
+  try:
+    for step in range(start_step, num_steps):
+      state, metrics = train_step(state, next(batches))
+      done = step + 1
+      if done % config.training.log_every == 0 or done == num_steps:
+        metrics = jax.device_get(metrics)
+        now = time.time()
+        rate = (done - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, done
+        scalars = {"lr": float(schedule(step)), "steps_per_sec": rate}
+        for k, n in enumerate(names):
+          scalars[f"loss/{n}"] = metrics["loss"][k]
+          scalars[f"nats_per_sample/{n}"] = -metrics["loss"][k]
+          scalars[f"grad_norm/{n}"] = metrics["grad_norm"][k]
+          scalars[f"skipped/{n}"] = metrics["skipped"][k]
+        scalars["loss"] = float(np.mean(metrics["loss"]))
+        writer.write_scalars(done, scalars)
+        logging.info("[%s %s] step %d/%d | loss %.4f | %.2f steps/s | ETA %s | skipped %s",
+                     family, level_name(sigma), done, num_steps, scalars["loss"], rate,
+                     _format_seconds((num_steps - done) / max(rate, 1e-9)),
+                     metrics["skipped"].tolist())
+      if done % config.training.eval_every == 0 or done == num_steps:
+        run_eval(done)
+      if done % config.training.checkpoint_every == 0 or done == num_steps:
+        save_state(manager, state)
+  finally:
+    # A run stopped by an error still finishes the checkpoints it started.
+    manager.wait_until_finished()
+    writer.close()
   return state
 
 
@@ -377,7 +399,8 @@ def load_params(config, workdir, sigma):
   optimizer = make_optimizer(config.optim, num_steps)
   batch_shape = (config.training.batch_size, len(config.data.source_names),
                  config.data.crop_length)
-  abstract = _abstract_state(prior, optimizer, jax.random.key(config.seed), batch_shape)
+  abstract = _abstract_state(prior, optimizer, jax.random.key(config.seed), batch_shape,
+                             make_mesh(config.training.num_devices))
   return restore_state(manager, step, abstract).params
 
 
@@ -391,7 +414,8 @@ def evaluate_checkpoint(config, workdir, sigma=0.0):
   """Test nats/sample per source of the latest checkpoint: {source: value}."""
   prior = priors.build(config.model)
   params = load_params(config, workdir, sigma)
-  test_ll = evaluate(make_eval_fn(prior), params, pipeline.test_set(config),
+  eval_fn = make_eval_fn(prior, make_mesh(config.training.num_devices))
+  test_ll = evaluate(eval_fn, params, pipeline.test_set(config),
                      config.training.eval_batch_size)
   result = {n: float(v) for n, v in zip(config.data.source_names, test_ll)}
   logging.info("Test nats/sample (%s, %s): %s", config.model.family, level_name(sigma),

@@ -1,0 +1,251 @@
+"""Training harness: learning, resume, non-finite guard, sharding, bad input."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from audiosep_jax import priors
+from audiosep_jax import train
+from audiosep_jax.data import pipeline
+from audiosep_jax.data import toy
+from configs import toy_flow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**training):
+  config = toy_flow.get_config("test")
+  config.training.num_audio_samples = 0
+  for name, value in training.items():
+    config.training[name] = value
+  return config
+
+
+class Interrupted(Exception):
+  pass
+
+
+def interrupt_after(num_batches):
+  """A pipeline.train_batches that raises after yielding `num_batches` batches."""
+  original = pipeline.train_batches
+
+  def batches(*args, **kwargs):
+    for i, batch in enumerate(original(*args, **kwargs)):
+      if i == num_batches:
+        raise Interrupted()
+      yield batch
+
+  return batches
+
+
+class TrainStepTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.config = tiny_config()
+    self.prior = priors.build(self.config.model)
+    self.optimizer = train.make_optimizer(self.config.optim, 40)
+    self.batch = toy.sample_sources(jax.random.key(0), 4, 256, self.config.data)
+
+  def test_loss_decreases(self):
+    state = train.create_train_state(self.prior, self.optimizer, jax.random.key(1), self.batch)
+    step = jax.jit(train.make_train_step(self.prior, self.optimizer))
+    losses = []
+    for i in range(40):
+      batch = toy.sample_sources(jax.random.key(100 + i), 4, 256, self.config.data)
+      state, metrics = step(state, batch)
+      losses.append(np.asarray(metrics["loss"]))
+    losses = np.stack(losses)  # [steps, K]
+    first, last = losses[:5].mean(axis=0), losses[-5:].mean(axis=0)
+    self.assertTrue(np.all(last < first - 0.1), f"first {first}, last {last}")
+    np.testing.assert_array_equal(state.skipped, 0)
+
+  def test_non_finite_batch_is_skipped_for_that_prior_only(self):
+    state = train.create_train_state(self.prior, self.optimizer, jax.random.key(1), self.batch)
+    step = jax.jit(train.make_train_step(self.prior, self.optimizer))
+    poisoned = self.batch.at[0, 1, 17].set(jnp.nan)
+    new_state, metrics = step(state, poisoned)
+    self.assertFalse(np.isfinite(metrics["loss"][1]))
+    np.testing.assert_array_equal(new_state.skipped, [0, 1, 0, 0])
+    source_1 = lambda tree: jax.tree.map(lambda p: p[1], tree)
+    chex.assert_trees_all_equal(source_1(new_state.params), source_1(state.params))
+    chex.assert_trees_all_equal(source_1(new_state.opt_state), source_1(state.opt_state))
+    source_0 = lambda tree: jax.tree.map(lambda p: p[0], tree)
+    with self.assertRaises(AssertionError):
+      chex.assert_trees_all_equal(source_0(new_state.params), source_0(state.params))
+    self.assertTrue(train.all_finite(new_state.params))
+
+  def test_learning_rate_schedule_is_the_papers(self):
+    schedule = train.learning_rate_schedule(self.config.optim, 1000)
+    lr = self.config.optim.learning_rate
+    self.assertAlmostEqual(float(schedule(359)), lr, places=7)
+    self.assertAlmostEqual(float(schedule(361)), lr * 0.6, places=7)
+    self.assertAlmostEqual(float(schedule(521)), lr * 0.36, places=7)
+    self.assertAlmostEqual(float(schedule(999)), lr * 0.6 ** 4, places=7)
+
+  def test_legacy_noise_is_clamped(self):
+    x = jnp.full((2, 4, 64), 0.99)
+    noisy = train.add_noise(jax.random.key(0), x, train.Noise(0.5, legacy=True))
+    self.assertLessEqual(float(jnp.max(noisy)), 1.0)
+    plain = train.add_noise(jax.random.key(0), x, train.Noise(0.5))
+    self.assertGreater(float(jnp.max(plain)), 1.0)
+    np.testing.assert_allclose(jnp.std(plain - x), 0.5, rtol=0.1)
+
+
+class TrainLoopTest(absltest.TestCase):
+
+  def make_tempdir(self):
+    directory = tempfile.TemporaryDirectory()
+    self.addCleanup(directory.cleanup)
+    return directory.name
+
+  def test_resume_equals_uninterrupted_run(self):
+    config = tiny_config(num_steps=20, checkpoint_every=10, eval_every=10, log_every=5)
+    straight = self.make_tempdir()
+    resumed = self.make_tempdir()
+    expected = train.train_and_evaluate(config, straight)
+    original = pipeline.train_batches
+    pipeline.train_batches = interrupt_after(14)
+    try:
+      with self.assertRaises(Interrupted):
+        train.train_and_evaluate(config, resumed)
+    finally:
+      pipeline.train_batches = original
+    self.assertEqual(train.checkpoint_manager(
+        train.checkpoint_dir(resumed, "flow", 0.0), 2).latest_step(), 10)
+    result = train.train_and_evaluate(config, resumed)
+    self.assertEqual(int(result.step), 20)
+    chex.assert_trees_all_close(result.params, expected.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(train.load_params(config, resumed, 0.0), expected.params,
+                                rtol=1e-6, atol=1e-7)
+    scalars = [json.loads(line) for line in
+               open(os.path.join(resumed, "tb", "flow", "sigma_0", "scalars.jsonl"))]
+    self.assertIn("test_nats_per_sample/sin", scalars[-1])
+
+  def test_nan_batch_never_reaches_a_checkpoint(self):
+    config = tiny_config(num_steps=6, checkpoint_every=3, eval_every=6, log_every=3)
+    workdir = self.make_tempdir()
+    original = pipeline.train_batches
+
+    def poisoned(*args, **kwargs):
+      for i, batch in enumerate(original(*args, **kwargs)):
+        yield batch.at[:, 2].set(jnp.nan) if i == 2 else batch
+
+    pipeline.train_batches = poisoned
+    try:
+      state = train.train_and_evaluate(config, workdir)
+    finally:
+      pipeline.train_batches = original
+    np.testing.assert_array_equal(state.skipped, [0, 0, 1, 0])
+    restored = train.load_params(config, workdir, 0.0)
+    self.assertTrue(train.all_finite(restored))
+    with self.assertRaises(FloatingPointError):
+      train.save_state(train.checkpoint_manager(self.make_tempdir(), 1),
+                       state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params)))
+
+  def test_checkpoint_of_another_shape_is_a_clear_error(self):
+    config = tiny_config(num_steps=2, checkpoint_every=2, eval_every=2, log_every=2)
+    workdir = self.make_tempdir()
+    train.train_and_evaluate(config, workdir)
+    config.model.width = 16
+    with self.assertRaisesRegex(ValueError, r"another shape.*params/.*checkpoint \(4, 1, 8, 8\), config \(4, 1, 16, 16\)"):
+      train.train_and_evaluate(config, workdir)
+
+  def test_finetune_runs_serially_through_the_levels(self):
+    config = tiny_config(num_steps=3, checkpoint_every=3, eval_every=3, log_every=3)
+    workdir = self.make_tempdir()
+    base = train.train_and_evaluate(config, workdir)
+    train.finetune(config, workdir)
+    stacked = train.load_level_params(config, workdir, (0.0,) + tuple(config.finetune.sigmas))
+    leaf = jax.tree.leaves(stacked)[0]
+    self.assertEqual(leaf.shape[:2], (3, 4))
+    chex.assert_trees_all_close(priors.index_level(stacked, 0), base.params)
+    for level in (1, 2):
+      with self.assertRaises(AssertionError):
+        chex.assert_trees_all_close(priors.index_level(stacked, level),
+                                    priors.index_level(stacked, level - 1))
+
+
+SHARDING_SCRIPT = r"""
+import sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from audiosep_jax import priors, train
+from audiosep_jax.data import toy
+from configs import toy_flow
+assert len(jax.devices()) == 4, jax.devices()
+config = toy_flow.get_config("test")
+# Adam divides by sqrt(v) + eps: with the default eps a gradient that is ~1e-9 on one
+# mesh and -1e-9 on the other moves a weight by +-lr either way. A larger eps keeps the
+# update proportional to the gradient, so float reduction order shows as float noise.
+config.optim.eps = 1e-3
+prior = priors.build(config.model)
+optimizer = train.make_optimizer(config.optim, 10)
+batch = toy.sample_sources(jax.random.key(0), 4, 256, config.data)
+results = []
+for num_devices in (1, 4):
+  mesh = train.make_mesh(num_devices)
+  state = train.replicate(
+      train.create_train_state(prior, optimizer, jax.random.key(1), batch), mesh)
+  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh)
+  sharded = jax.device_put(batch, train.pipeline.batch_sharding(mesh))
+  assert len(sharded.sharding.device_set) == num_devices
+  state, metrics = step(state, sharded)
+  one_step = jax.tree.leaves(jax.device_get(state.params))
+  state, _ = step(state, sharded)
+  results.append((one_step, jax.tree.leaves(jax.device_get(state.params)),
+                  jax.device_get(metrics)))
+for index, name in ((0, "one step"), (1, "two steps")):
+  worst = max(float(np.max(np.abs(a - b))) for a, b in zip(results[0][index], results[1][index]))
+  print(name, "max abs param difference", worst)
+  assert worst < 1e-6, (name, worst)
+for name in ("loss", "grad_norm"):
+  np.testing.assert_allclose(results[0][2][name], results[1][2][name], rtol=1e-5)
+"""
+
+
+class ShardingTest(absltest.TestCase):
+
+  def test_one_device_equals_four_devices(self):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(root=ROOT)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn("two steps max abs param difference", result.stdout)
+
+
+class CommandLineTest(absltest.TestCase):
+
+  def run_main(self, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "audiosep_jax.main", *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+  def test_unknown_config_field(self):
+    result = self.run_main("--config=configs/toy_flow.py:test", "--workdir=/tmp/unused",
+                           "--config.model.widht=8")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("Unknown config field config.model.widht", result.stderr)
+
+  def test_unknown_mode(self):
+    result = self.run_main("--config=configs/toy_flow.py:test", "--workdir=/tmp/unused",
+                           "--mode=trian")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("--mode=trian", result.stderr)
+
+  def test_unknown_variant(self):
+    result = self.run_main("--config=configs/toy_flow.py:papr", "--workdir=/tmp/unused")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("Unknown config variant 'papr'", result.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
