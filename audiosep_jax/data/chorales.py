@@ -30,6 +30,7 @@ writes `DIR/<split>/<chorale>/{soprano,alto,tenor,bass,mixture}.wav` and `DIR/ch
 The system library FluidSynth (libfluidsynth) is needed: launch/install_system_deps.sh
 installs it; the Python packages are the `chorales` extra of setup.py.
 """
+import importlib.metadata
 import json
 import math
 import os
@@ -135,11 +136,21 @@ def score_voices(score, voice_names):
   return tuple(voices)
 
 
+def corpus_chorale_names():
+  """music21's Riemenschneider chorales, each once: sorted corpus names ('bach/bwv10.7').
+
+  The Riemenschneider numbering lists some chorales twice (20 in music21 10.5.1); a
+  chorale rendered twice could land in both splits.
+  """
+  corpus, _ = import_synthesis()
+  return sorted(set(corpus.chorales.Iterator(returnType="filename")))
+
+
 def list_chorales(num_chorales, voice_names):
   """The first num_chorales (None: all) SATB chorales of music21's corpus: [Chorale]."""
   corpus, _ = import_synthesis()
   chorales = []
-  for corpus_name in sorted(corpus.chorales.Iterator(returnType="filename")):
+  for corpus_name in corpus_chorale_names():
     voices = score_voices(corpus.parse(corpus_name), voice_names)
     if voices is None:
       continue
@@ -271,8 +282,29 @@ def _finished_seconds(chorale_dir, data_config):
 def _settings(config):
   """What determines the rendered audio (compared with a root's manifest)."""
   settings = {"render": config.render.to_dict(), "sample_rate": config.data.sample_rate,
-              "source_names": list(config.data.source_names)}
+              "source_names": list(config.data.source_names),
+              "music21": importlib.metadata.version("music21"),
+              "splits": [config.data.train_split, config.data.test_split]}
   return json.loads(json.dumps(settings))
+
+
+def _check_no_strays(root, plan, data_config):
+  """Raises if the root holds chorale folders that this render would not make (another
+  render's, or one in the other split): they would mix into the data."""
+  stray = []
+  for split in (data_config.train_split, data_config.test_split):
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      continue
+    for name in sorted(os.listdir(split_dir)):
+      if name.startswith(".") or not os.path.isdir(os.path.join(split_dir, name)):
+        continue
+      if name not in plan or plan[name].split != split:
+        stray.append(os.path.join(split, name))
+  if stray:
+    raise ValueError(f"{root!r} holds {len(stray)} chorale folders that this render does "
+                     f"not make ({', '.join(stray[:5])}); render into an empty "
+                     f"--config.data.root=DIR.")
 
 
 def _write_json(path, value):
@@ -303,6 +335,7 @@ def render_dataset(config):
   chorales = list_chorales(render.num_chorales, tuple(data.source_names))
   plan = plan_renderings([c.chorale_id for c in chorales], render, data.train_split,
                          data.test_split)
+  _check_no_strays(root, plan, data)
   _write_json(manifest_path, {"settings": settings, "complete": False})
   entries = []
   for index, chorale in enumerate(chorales):
