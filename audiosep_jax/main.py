@@ -13,6 +13,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from audiosep_jax import distributed
+
 MODES = ("train", "eval", "finetune", "diagnose", "separate", "report", "all",
          "render_chorales")
 
@@ -121,6 +123,12 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if _INPUT.value is not None and _MODE.value != "separate":
     raise app.UsageError("--input is only read by --mode=separate.")
+  try:
+    distributed.initialize()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if not distributed.is_primary():
+    logging.set_verbosity(logging.WARNING)
   run(config, _WORKDIR.value, _MODE.value, _INPUT.value)
 
 
