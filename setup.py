@@ -21,6 +21,8 @@ EXTRAS_REQUIRE = {
     "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "fast-bss-eval==0.1.4"],
     "chorales": ["music21==10.5.1", "pretty-midi==0.2.11.post0", "pyfluidsynth==1.4.0"],
     "bench": ["torch==2.13.0"],
+    "cuda12": ["jax[cuda12]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
 }
 
 setuptools.setup(
