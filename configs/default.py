@@ -90,6 +90,8 @@ def get_default_config():
   config.diagnostics.test_sigmas = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3)
   config.diagnostics.constant_values = 31
   config.diagnostics.noise_stds = (0.0, 0.001, 0.01, 0.027, 0.077, 0.1, 0.3, 0.5, 0.7, 1.0)
+  # Pure-noise probe: log p averaged over this many draws per std.
+  config.diagnostics.noise_probe_examples = 4
   config.diagnostics.smoothness_sigma = 0.05
   config.diagnostics.num_samples = 2
   config.diagnostics.sample_length = 16_384
