@@ -1,0 +1,75 @@
+"""Autoregressive WaveNet priors on the four toy oscillators.
+
+  python -m audiosep_jax.main --config=configs/toy_wavenet.py:demo --workdir=/tmp/toy_wavenet --mode=train
+"""
+from configs import default
+
+
+def get_config(arg=None):
+  variant = default.parse_variant(arg)
+  config = default.get_default_config()
+  config.variant = variant
+  model = config.model
+  model.family = "wavenet"
+  # Total layers; dilations 1, 2, 4, ... restart every dilation_cycle layers (3 stacks x 10).
+  model.n_layers = 30
+  model.dilation_cycle = 10
+  model.width = 64
+  # The classic causal WaveNet kernel: the current and one past input per layer, so the
+  # receptive field is 1 + sum of dilations (3070 samples for 3 x 10 layers).
+  model.kernel_size = 2
+  model.num_bins = 256
+  # 'linear' (mixing is linear in the waveform, PnF) or 'mu_law'.
+  model.quantization = "linear"
+  model.mu = 255.0
+  # The 2020 code's WaveNet crops (toy) and batch.
+  config.data.crop_length = 3_075
+  config.training.batch_size = 2
+
+  if variant == "demo":
+    model.n_layers = 10
+    model.dilation_cycle = 10
+    model.width = 32
+    config.data.crop_length = 1_024
+    config.data.test_length = 2_048
+    config.data.test_size = 32
+    config.training.batch_size = 4
+    config.training.num_steps = 500
+    config.training.log_every = 50
+    config.training.eval_every = 250
+    config.training.checkpoint_every = 250
+    config.optim.learning_rate = 1e-3
+    config.finetune.num_steps = 200
+    config.diagnostics.num_examples = 32
+    config.diagnostics.length = 2_048
+    config.diagnostics.sample_length = 2_048
+    config.separation.num_mixes = 4
+    config.separation.mix_length = 2_048
+    config.separation.steps_per_level = 50
+  elif variant == "test":
+    model.n_layers = 4
+    model.dilation_cycle = 2
+    model.width = 8
+    config.data.crop_length = 256
+    config.data.test_length = 256
+    config.data.test_size = 8
+    config.training.batch_size = 4
+    config.training.num_steps = 30
+    config.training.log_every = 10
+    config.training.eval_every = 15
+    config.training.checkpoint_every = 15
+    config.training.eval_batch_size = 4
+    config.optim.learning_rate = 1e-2
+    config.finetune.sigmas = (0.01, 0.1)
+    config.finetune.num_steps = 5
+    config.diagnostics.num_examples = 8
+    config.diagnostics.length = 256
+    config.diagnostics.batch_size = 4
+    config.diagnostics.num_samples = 1
+    config.diagnostics.sample_length = 256
+    config.separation.num_mixes = 2
+    config.separation.mix_length = 256
+    config.separation.batch_size = 2
+    config.separation.steps_per_level = 5
+    config.separation.chunk_overlap = 32
+  return config
