@@ -39,6 +39,7 @@ import numpy as np
 import soundfile
 from absl import logging
 
+from audiosep_jax import distributed
 from audiosep_jax import priors
 from audiosep_jax import train
 from audiosep_jax.data import pipeline
@@ -207,9 +208,13 @@ def _clean(value):
   return np.array(flat, dtype=object).reshape(array.shape).tolist()
 
 
-def diagnose(config, prior, level_params, levels, data):
+def diagnose(config, prior, level_params, levels, data, mesh=None):
   """All diagnostics of one family: level_params [L, K, ...], levels [L] sigmas,
-  data [N, K, T] -> (results dict for JSON, samples [L, K, num_samples, sample_length])."""
+  data [N, K, T] -> (results dict for JSON, samples [L, K, num_samples, sample_length]).
+
+  Each batch of examples is split over the devices of `mesh` (default: the training mesh,
+  config.training.num_devices); every process gets the same numbers.
+  """
   diag = config.diagnostics
   key = jax.random.fold_in(jax.random.key(config.seed), STREAM_DIAGNOSTICS)
   names = list(config.data.source_names)
@@ -218,9 +223,12 @@ def diagnose(config, prior, level_params, levels, data):
                      f"{len(names)}.")
   check_fields(diag)
   test_sigmas = tuple(float(s) for s in diag.test_sigmas) + (float(diag.smoothness_sigma),)
-  batch_fn = jax.jit(functools.partial(
-      _batch_stats, prior, test_sigmas, diag.paper_clip, jax.random.fold_in(key, NOISE_EXAMPLES)))
-  probe_fn = jax.jit(lambda p, sigma, x: probe_log_prob(prior, p, x, sigma).T)  # [P, K]
+  mesh = train.make_mesh(config.training.num_devices) if mesh is None else mesh
+  batch_fn = distributed.map_rows(functools.partial(
+      _batch_stats, prior, test_sigmas, diag.paper_clip, jax.random.fold_in(key, NOISE_EXAMPLES)),
+                                  mesh, num_batched=2)
+  probe_fn = distributed.map_rows(
+      lambda p, sigma, x: probe_log_prob(prior, p, x, sigma).T, mesh)  # [P, K]
   sample_fn = jax.jit(lambda p, k: priors.stacked_sample(
       prior, p, k, diag.num_samples, diag.sample_length))
   constant_inputs, noise_inputs = probe_inputs(diag, key, data.shape[2])
@@ -367,12 +375,14 @@ def available_levels(config, workdir):
 
 def run(config, workdir):
   """--mode=diagnose: every available level of config.model.family on the test set;
-  writes <workdir>/diagnostics/<family>.json and samples; returns the results dict."""
+  writes <workdir>/diagnostics/<family>.json and samples (process 0); returns the results."""
   family = config.model.family
   prior = priors.build(config.model)
   levels = available_levels(config, workdir)
   level_params = train.load_level_params(config, workdir, levels)
   results, samples = diagnose(config, prior, level_params, levels, test_examples(config))
+  if not distributed.is_primary():
+    return results
   out_dir = os.path.join(workdir, "diagnostics")
   npy, wavs = write_samples(out_dir, family, samples, levels, results["source_names"],
                             config.data.sample_rate)
