@@ -46,7 +46,7 @@ def render_config():
   # from config.seed so that training seeds do not change the data.
   render.seed = 0
   # How many of the chorales with exactly soprano, alto, tenor and bass parts (in the
-  # corpus's sorted order); None renders all of them (348 with music21 10.5.1).
+  # corpus's sorted order); None renders all of them (328 with music21 10.5.1).
   render.num_chorales = config_dict.placeholder(int)
   # Each chorale is cut after this many seconds of music (plus the release tail).
   render.max_seconds = 60.0

@@ -22,8 +22,8 @@ cannot read, NaN or Inf samples, and stems of different lengths. An empty or mis
 root, split or track list is an error that says how to set `--config.data.root=DIR`.
 
 Memory: the tracks of a split are loaded once, at the start, as float32
-(4 bytes x K stems x samples). The default chorales render (about 4 hours at 14 700 Hz,
-80% of it for training) takes about 2.8 GB; MUSDB18-HQ's 100 training tracks (about
+(4 bytes x K stems x samples). The default chorales render (3.7 hours at 14 700 Hz,
+3.0 of them for training) takes about 2.5 GB; MUSDB18-HQ's 100 training tracks (about
 6.5 hours) about 5.5 GB. With `data.cache_dir` set, each resampled track is stored there
 once as .npy and memory-mapped afterwards, so only the crops being read are resident and
 a second start skips decoding and resampling.
