@@ -131,13 +131,6 @@ def sync(name):
     multihost_utils.sync_global_devices(name)
 
 
-def replicate(tree, mesh):
-  """A full copy of `tree` (numpy or jax arrays, the same value on every process) on every
-  device of `mesh`."""
-  sharding = NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
-
-
 def pad_rows(x, multiple):
   """x [B, ...] -> ([B', ...], B) with B' the next multiple of `multiple`; the padding
   repeats the last row, so that per-row functions stay finite on it."""
@@ -164,7 +157,8 @@ def map_rows(fn, mesh, num_batched=1, out_axes=0):
   """fn(*replicated, *batched) computed with the batch split over every device of mesh.
 
   The last `num_batched` arguments are host batches [B, ...] with one B (the same on every
-  process); the others (params, keys, scalars) are replicated. fn must treat rows
+  process); the others (params, keys, scalars: host values, or arrays on `mesh` such as
+  `train.load_params` gives) are replicated. fn must treat rows
   independently. out_axes: the batch axis of each output, as a prefix of the output
   pytree (like jax.vmap's; None: not batched, e.g. a per-level sigma). Returns a host
   function apply(*args) -> numpy outputs cut to B rows, the same on every process,

@@ -26,7 +26,7 @@ from audiosep_jax.data import pipeline
 from configs import toy_flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEADLINE_S = 300
+DEADLINE_S = 480
 NUM_STEPS = 3
 # Adam divides by sqrt(v) + eps: with the default eps = 1e-8, a gradient component that
 # is zero up to roundoff moves its parameter by +-lr depending on the sign of that
