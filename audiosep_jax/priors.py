@@ -14,6 +14,7 @@ K sources: the K priors' params are stacked on a leading axis and evaluated with
 `jax.vmap` (`stack_init`, `stacked_log_prob`, ...); the priors stay independent.
 Noise levels: params fine-tuned at L levels are stacked on a further axis [L, K, ...].
 """
+import math
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 
 from audiosep_jax.models import flow
 
-LOG_SQRT_2PI = 0.5 * jnp.log(2.0 * jnp.pi)
+# A Python float: no JAX work at import (processes must join a distributed run first).
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class Prior(NamedTuple):
