@@ -195,6 +195,10 @@ class BadInputTest(StemsTestCase):
 
   def test_bad_numbers_in_the_config(self):
     write_track(self.root, "train", "a", noise_track(0, 200))
+    with self.assertRaisesRegex(ValueError, r"batch size must be positive, got 0"):
+      next(stems.train_batches(self.data, 0, 0, 0))
+    with self.assertRaisesRegex(ValueError, r"seed must be >= 0, got -1"):
+      next(stems.train_batches(self.data, 2, -1, 0))
     self.data.crop_length = 0
     with self.assertRaisesRegex(ValueError, r"config.data.crop_length"):
       next(stems.train_batches(self.data, 2, 0, 0))

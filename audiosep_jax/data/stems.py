@@ -283,6 +283,8 @@ def train_batches(data_config, batch_size, seed, start_step) -> Iterator[np.ndar
   _check_fields(data_config)
   if seed < 0:
     raise ValueError(f"The data seed must be >= 0, got {seed}.")
+  if batch_size <= 0:
+    raise ValueError(f"The batch size must be positive, got {batch_size}.")
   tracks = load_split(data_config, data_config.train_split, data_config.crop_length)
   sampler = _Sampler(tracks, data_config)
   yield from _prefetch(lambda step: sampler.batch(seed, step, batch_size), start_step,
