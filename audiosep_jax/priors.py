@@ -9,6 +9,10 @@
                                                 WaveNet: its categorical convolved with N(0, sigma^2))
   latent_log_prob(params, x[B, T]) -> [B, T]    flows only: log N(f(x); 0, I) without the log-det,
                                                 the quantity the 2020 paper tabulated; None otherwise
+  noisy_log_prob(params, clean[B, T], noisy[B, T]) -> [B, T]
+                                                what noise fine-tuning maximises, where it is not
+                                                log_prob(noisy): the WaveNet's clean sample x_t
+                                                given the noisy history (PnF); None otherwise
 
 K sources: the K priors' params are stacked on a leading axis and evaluated with
 `jax.vmap` (`stack_init`, `stacked_log_prob`, ...); the priors stay independent.
@@ -32,6 +36,7 @@ class Prior(NamedTuple):
   sample: Callable
   level_log_prob: Callable
   latent_log_prob: Optional[Callable] = None
+  noisy_log_prob: Optional[Callable] = None
 
 
 def standard_normal_log_density(z):

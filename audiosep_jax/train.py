@@ -91,16 +91,20 @@ def tree_where(condition, new, old):
 def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
   """Returns the pure step(state, batch [B, K, T]) -> (state, metrics of [K]).
 
-  Loss: mean negative log-likelihood in nats per sample, per prior. A prior whose loss or
-  gradient is not finite keeps its params and optimizer state and counts a skip.
+  Loss: mean negative log-likelihood in nats per sample, per prior, of the noisy batch
+  (`noise`), or of `prior.noisy_log_prob(clean, noisy)` where the prior defines it. A
+  prior whose loss or gradient is not finite keeps its params and optimizer state and
+  counts a skip.
   """
   noise_key = jax.random.key(0) if noise_key is None else noise_key
 
-  def loss_fn(params, x):
-    return -jnp.mean(prior.log_prob(params, x))
+  def loss_fn(params, clean, noisy):
+    if prior.noisy_log_prob is not None:
+      return -jnp.mean(prior.noisy_log_prob(params, clean, noisy))
+    return -jnp.mean(prior.log_prob(params, noisy))
 
-  def update_one_prior(params, opt_state, x):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x)
+  def update_one_prior(params, opt_state, clean, noisy):
+    loss, grads = jax.value_and_grad(loss_fn)(params, clean, noisy)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -109,9 +113,9 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
             loss, grad_norm, finite)
 
   def step(state, batch):
-    batch = add_noise(jax.random.fold_in(noise_key, state.step), batch, noise)
+    noisy = add_noise(jax.random.fold_in(noise_key, state.step), batch, noise)
     params, opt_state, loss, grad_norm, finite = jax.vmap(
-        update_one_prior, in_axes=(0, 0, 1))(state.params, state.opt_state, batch)
+        update_one_prior, in_axes=(0, 0, 1, 1))(state.params, state.opt_state, batch, noisy)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,

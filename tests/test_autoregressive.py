@@ -275,6 +275,27 @@ class TrainingTest(absltest.TestCase):
     self.assertTrue(np.all(test_ll > np.log(0.5) + 0.2), f"{test_ll}")
     np.testing.assert_array_equal(state.skipped, 0)
 
+  def test_noise_finetuning_predicts_clean_samples_from_noisy_history(self):
+    config, fns = build("test")
+    prior = priors.build(config.model)
+    batch = sources(config, 4, 256)
+    optimizer = train.make_optimizer(config.optim, 10)
+    state = train.create_train_state(prior, optimizer, jax.random.key(1), batch)
+    # Sharpen the freshly initialised (nearly uniform) categorical, so that which
+    # samples are the targets changes the loss.
+    sharpen = lambda path, p: 30.0 * p if "head_out" in jax.tree_util.keystr(path) else p
+    state = state.replace(params=jax.tree_util.tree_map_with_path(sharpen, state.params))
+    noise, noise_key = train.Noise(0.1), jax.random.key(5)
+    _, metrics = jax.jit(train.make_train_step(prior, optimizer, noise, noise_key))(state, batch)
+    noisy = train.add_noise(jax.random.fold_in(noise_key, 0), batch, noise)
+
+    def loss(history, target):
+      per_source = lambda p, h, t: -jnp.mean(fns.history_log_prob(p, h, t))
+      return jax.vmap(per_source, in_axes=(0, 1, 1))(state.params, history, target)
+
+    np.testing.assert_allclose(metrics["loss"], loss(noisy, batch), rtol=1e-5)
+    self.assertTrue(np.all(np.abs(loss(noisy, noisy) - metrics["loss"]) > 1e-3))
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -326,7 +326,12 @@ def build(model_config):
 
 
 def build_prior(model_config):
-  """The `priors.Prior` of one source (latent_log_prob: None, there is no latent)."""
+  """The `priors.Prior` of one source (latent_log_prob: None, there is no latent).
+
+  Noise fine-tuning follows PnF: the clean sample x_t given the noisy history.
+  """
   fns = build(model_config)
-  return priors.Prior(init=fns.init, log_prob=fns.log_prob, sample=fns.sample,
-                      level_log_prob=fns.level_log_prob, latent_log_prob=None)
+  return priors.Prior(
+      init=fns.init, log_prob=fns.log_prob, sample=fns.sample,
+      level_log_prob=fns.level_log_prob, latent_log_prob=None,
+      noisy_log_prob=lambda params, clean, noisy: fns.history_log_prob(params, noisy, clean))
