@@ -23,6 +23,7 @@ import soundfile
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from audiosep_jax import distributed
 from audiosep_jax import train
 
 REPORT_DIR = "report"
@@ -502,8 +503,11 @@ def write_text(path, text):
 
 
 def run(config, workdir):
-  """--mode=report: figures and <workdir>/report/index.md; returns the index.md path."""
+  """--mode=report: figures and <workdir>/report/index.md (written by process 0 only);
+  returns the index.md path (None on the other processes)."""
   del config  # Everything comes from the workdir's files.
+  if not distributed.is_primary():
+    return None
   all_results = load_diagnostics(workdir)
   if not all_results:
     raise FileNotFoundError(f"No diagnostics in {os.path.join(workdir, 'diagnostics')}; run "
