@@ -280,11 +280,13 @@ def write_json(path, value):
 
 
 def _batched(separate_batch, key, mixes, batch_size, references=None):
-  """Runs separate_batch over [N, T] mixes in batches (the last one zero-padded).
+  """Runs separate_batch over [N, T] mixes in batches of min(batch_size, N) (the last one
+  zero-padded).
 
   Returns (estimates [N, K, T], trace with the mix axis concatenated: [L, N, ...]).
   """
   num = mixes.shape[0]
+  batch_size = min(batch_size, num)
   estimates, traces = [], []
   for index, start in enumerate(range(0, num, batch_size)):
     stop = min(start + batch_size, num)
