@@ -6,6 +6,7 @@ params [K, ...], so the priors stay independent (each its own gradient clipping 
 optimizer state). The step is jitted over a one-axis `data` mesh with `NamedSharding`:
 batch sharded, state replicated; the same code runs on one device and on many.
 """
+import itertools
 import json
 import os
 import time
@@ -309,7 +310,8 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
                           _abstract_state(prior, optimizer, init_key, batch_shape, mesh))
     logging.info("Resumed %s at step %d from %s", family, start_step, directory)
   else:
-    first_batch = next(pipeline.train_batches(config, 0, mesh, stream))
+    first_batch = next(batches)  # ActNorm's init batch, then step 0's batch.
+    batches = itertools.chain([first_batch], batches)
     init_state = jax.jit(
         lambda batch, params: create_train_state(prior, optimizer, init_key, batch, params),
         out_shardings=NamedSharding(mesh, PartitionSpec()))
