@@ -11,8 +11,12 @@ The second term is the gradient of the Gaussian mixing likelihood log N(m; sum_j
 gamma_i^2 I). The separator needs only `score_fn(level, x[B, K, T]) -> [B, K, T]`
 (`make_score_fn` builds it from a family's stacked [L, K, ...] params with `jax.grad`;
 any JAX function will do). An outer `lax.scan` runs over the levels and an inner one over
-the steps, so a separation is one compiled call. Keys: `init_key, run_key = split(key)`;
-step s of level i uses fold_in(fold_in(run_key, i), s).
+the steps, so a separation is one compiled call (`separate`, `get_separation_fn`). Keys:
+`init_key, run_key = split(key)`; step s of level i uses fold_in(fold_in(run_key, i), s).
+`loop_separation` drives the same steps from Python, one jitted step per call, with the
+same result: --mode=separate uses it when config.separation.driver is 'loop', because on
+XLA:CPU the convolutions inside a compiled loop fall back to naive kernels (about 3x
+slower for the flow; benchmarks/README.md). On GPU and TPU the scan is the one to use.
 
 Initialisation (config.separation.init): 'noise' draws x_k ~ N(0, (init_scale sigma_1)^2);
 'mix' sets every x_k = m / sum_j a_j, which satisfies the mixing constraint exactly.
@@ -33,6 +37,7 @@ from audiosep_jax import priors
 from audiosep_jax.data import toy
 
 INITS = ("noise", "mix")
+DRIVERS = ("scan", "loop")
 
 
 class Settings(NamedTuple):
@@ -42,6 +47,7 @@ class Settings(NamedTuple):
   gamma_scale: float
   init: str
   init_scale: float
+  driver: str
 
 
 def settings_from_config(separation_config):
@@ -51,7 +57,8 @@ def settings_from_config(separation_config):
       delta=float(separation_config.delta),
       gamma_scale=float(separation_config.gamma_scale),
       init=str(separation_config.init),
-      init_scale=float(separation_config.init_scale))
+      init_scale=float(separation_config.init_scale),
+      driver=str(separation_config.driver))
   if settings.steps_per_level < 1:
     raise ValueError(f"config.separation.steps_per_level must be >= 1, got "
                      f"{settings.steps_per_level}.")
@@ -62,6 +69,9 @@ def settings_from_config(separation_config):
   if settings.init not in INITS:
     raise ValueError(f"Unknown config.separation.init {settings.init!r}; choose one of "
                      f"{', '.join(INITS)}.")
+  if settings.driver not in DRIVERS:
+    raise ValueError(f"Unknown config.separation.driver {settings.driver!r}; choose one of "
+                     f"{', '.join(DRIVERS)}.")
   if settings.init_scale < 0:
     raise ValueError(f"config.separation.init_scale must be >= 0, got {settings.init_scale}.")
   return settings
@@ -114,8 +124,60 @@ def _rms(x, axes):
   return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes))
 
 
+class Sampler(NamedTuple):
+  """The pieces of one separation, shared by the scan and the Python-loop drivers.
+
+  start(key, mix) -> (x [B, K, T], run_key)
+  step(run_key, x, mix, level, step) -> (x, score_rms [B])   one Langevin step
+  level_trace(x, mix, level, score_rms [B], references) -> {name: value at this level}
+  """
+  start: Callable
+  step: Callable
+  level_trace: Callable
+  num_levels: int
+  steps_per_level: int
+
+
+def get_sampler(score_fn, sigmas, weights, settings):
+  """The Sampler of the update in the module docstring; every piece is pure and jit-able.
+
+  score_fn: (level int32 scalar, x [B, K, T]) -> [B, K, T]; weights: [K].
+  """
+  sigmas = check_sigmas(sigmas)
+  weights = jnp.asarray(weights, jnp.float32)
+  etas = step_sizes(sigmas, settings.delta)
+  gammas = settings.gamma_scale * sigmas
+
+  def start(key, mix):
+    if mix.ndim != 2:
+      raise ValueError(f"mix must be [B, T], got shape {mix.shape}.")
+    init_key, run_key = jax.random.split(key)
+    return init_sources(init_key, mix, weights, sigmas[0], settings), run_key
+
+  def step(run_key, x, mix, level, step_index):
+    score = score_fn(level, x)
+    if score.shape != x.shape:
+      raise ValueError(f"score_fn returned shape {score.shape} for x of shape {x.shape}.")
+    drift = score + mixing_gradient(x, mix, weights, gammas[level])
+    key = jax.random.fold_in(jax.random.fold_in(run_key, level), step_index)
+    return langevin_step(key, x, drift, etas[level]), _rms(score, (1, 2))
+
+  def level_trace(x, mix, level, score_rms, references):
+    trace = {"sigma": sigmas[level],
+             "residual_rms": _rms(mixing_residual(x, mix, weights), 1),
+             "score_rms": score_rms}
+    if references is not None:
+      if references.shape != x.shape:
+        raise ValueError(f"references {references.shape} must be [B, K, T] = {x.shape}.")
+      trace["si_sdr"] = metrics.si_sdr(x, references)
+    return trace
+
+  return Sampler(start, step, level_trace, int(sigmas.shape[0]), settings.steps_per_level)
+
+
 def get_separation_fn(score_fn, sigmas, weights, settings):
-  """A pure, jit-able fn(key, mix[B, T], references=None) -> (sources [B, K, T], trace).
+  """A pure, jit-able fn(key, mix[B, T], references=None) -> (sources [B, K, T], trace):
+  an outer lax.scan over the levels, an inner one over the steps.
 
   score_fn: (level int32 scalar, x [B, K, T]) -> [B, K, T].
   trace (values at the end of each level, leading axis L):
@@ -123,45 +185,40 @@ def get_separation_fn(score_fn, sigmas, weights, settings):
     the prior score, averaged over the level's steps); si_sdr [L, B, K] in dB, only when
     references [B, K, T] are given.
   """
-  sigmas = check_sigmas(sigmas)
-  weights = jnp.asarray(weights, jnp.float32)
-  etas = step_sizes(sigmas, settings.delta)
-  gammas = settings.gamma_scale * sigmas
-  num_levels = sigmas.shape[0]
+  sampler = get_sampler(score_fn, sigmas, weights, settings)
 
   def separation_fn(key, mix, references=None):
-    if mix.ndim != 2:
-      raise ValueError(f"mix must be [B, T], got shape {mix.shape}.")
-    if references is not None and references.shape != (mix.shape[0], weights.shape[0],
-                                                        mix.shape[1]):
-      raise ValueError(f"references {references.shape} must be [B, K, T] = "
-                       f"{(mix.shape[0], weights.shape[0], mix.shape[1])}.")
-    init_key, run_key = jax.random.split(key)
-    x = init_sources(init_key, mix, weights, sigmas[0], settings)
+    x, run_key = sampler.start(key, mix)
 
-    def level_body(x, level_inputs):
-      level, sigma, eta, gamma = level_inputs
-      level_key = jax.random.fold_in(run_key, level)
+    def level_body(x, level):
+      step_body = lambda x, step_index: sampler.step(run_key, x, mix, level, step_index)
+      x, score_rms = jax.lax.scan(step_body, x, jnp.arange(sampler.steps_per_level))
+      return x, sampler.level_trace(x, mix, level, jnp.mean(score_rms, axis=0), references)
 
-      def step_body(x, step):
-        score = score_fn(level, x)
-        if score.shape != x.shape:
-          raise ValueError(f"score_fn returned shape {score.shape} for x of shape {x.shape}.")
-        drift = score + mixing_gradient(x, mix, weights, gamma)
-        x = langevin_step(jax.random.fold_in(level_key, step), x, drift, eta)
-        return x, _rms(score, (1, 2))
-
-      x, score_rms = jax.lax.scan(step_body, x, jnp.arange(settings.steps_per_level))
-      level_trace = {"sigma": sigma,
-                     "residual_rms": _rms(mixing_residual(x, mix, weights), 1),
-                     "score_rms": jnp.mean(score_rms, axis=0)}
-      if references is not None:
-        level_trace["si_sdr"] = metrics.si_sdr(x, references)
-      return x, level_trace
-
-    return jax.lax.scan(level_body, x, (jnp.arange(num_levels), sigmas, etas, gammas))
+    return jax.lax.scan(level_body, x, jnp.arange(sampler.num_levels))
 
   return separation_fn
+
+
+def loop_separation(sampler, key, mix, references=None):
+  """The same separation as `get_separation_fn`, driven by a Python loop over the steps.
+
+  sampler: a Sampler whose start, step and level_trace the caller has jitted (one compile
+  each; level and step are passed as int32 arrays). Gives the same sources and trace as
+  the scan (same keys); faster on XLA:CPU, where convolutions inside a compiled loop
+  fall back to naive kernels (benchmarks/README.md).
+  """
+  x, run_key = sampler.start(key, mix)
+  traces = []
+  for level in range(sampler.num_levels):
+    level_index = jnp.int32(level)
+    score_rms = []
+    for step_index in range(sampler.steps_per_level):
+      x, rms = sampler.step(run_key, x, mix, level_index, jnp.int32(step_index))
+      score_rms.append(rms)
+    traces.append(sampler.level_trace(x, mix, level_index, jnp.mean(jnp.stack(score_rms), 0),
+                                      references))
+  return x, jax.tree.map(lambda *v: jnp.stack(v), *traces)
 
 
 def _settings_and_weights(config):
@@ -406,6 +463,27 @@ def separate_file(config, separate_batch, key, input_path, out_dir):
   return file_dir
 
 
+def batch_separator(config, prior, stacked_params, sigmas):
+  """fn(key, mix [B, T], references or None) -> (sources, trace) for the stacked
+  [L, K, ...] params, compiled as config.separation.driver says; the params are passed to
+  the compiled functions as arguments, not baked in as constants."""
+  settings, weights = _settings_and_weights(config)
+
+  def make_sampler(params):
+    return get_sampler(make_score_fn(prior, params, sigmas), sigmas, weights, settings)
+
+  if settings.driver == "scan":
+    compiled = jax.jit(lambda params, key, mix, references: get_separation_fn(
+        make_score_fn(prior, params, sigmas), sigmas, weights, settings)(key, mix, references))
+    return functools.partial(compiled, stacked_params)
+  sampler = make_sampler(stacked_params)
+  step = jax.jit(lambda params, *args: make_sampler(params).step(*args))
+  sampler = sampler._replace(
+      start=jax.jit(sampler.start), step=functools.partial(step, stacked_params),
+      level_trace=jax.jit(sampler.level_trace))
+  return functools.partial(loop_separation, sampler)
+
+
 def run(config, workdir, input_path=None):
   """--mode=separate for config.model.family: the test mixes, and `input_path` if given.
 
@@ -416,16 +494,9 @@ def run(config, workdir, input_path=None):
   from audiosep_jax import train  # pylint: disable=g-import-not-at-top
   family = config.model.family
   sigmas = level_sigmas(config)
-  settings, weights = _settings_and_weights(config)
   prior = priors.build(config.model)
   params = train.load_level_params(config, workdir, sigmas)
-
-  @jax.jit
-  def separate_with_params(stacked_params, key, mix, references):
-    score_fn = make_score_fn(prior, stacked_params, sigmas)
-    return get_separation_fn(score_fn, sigmas, weights, settings)(key, mix, references)
-
-  separate_batch = functools.partial(separate_with_params, params)
+  separate_batch = batch_separator(config, prior, params, sigmas)
   out_dir = os.path.join(workdir, "separations", family)
   os.makedirs(out_dir, exist_ok=True)
   key = jax.random.key(config.seed)

@@ -116,4 +116,8 @@ def get_default_config():
   config.separation.chunk_overlap = 1_024
   # Per-level residual, score and SI-SDR trace in metrics.json.
   config.separation.trace = True
+  # How --mode=separate runs the steps: 'scan' (one compiled call; GPU/TPU) or 'loop' (one
+  # jitted step per call, the same numbers; about 3x faster on XLA:CPU, whose compiled loops
+  # use naive convolution kernels).
+  config.separation.driver = "scan"
   return config

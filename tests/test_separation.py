@@ -162,6 +162,20 @@ class SamplerTest(absltest.TestCase):
     self.assertEqual(traced_calls[0], traced_calls[1])
     self.assertLessEqual(traced_calls[0], 2)
 
+  def test_python_loop_driver_gives_the_same_sources_and_trace(self):
+    references = jax.random.normal(jax.random.key(2), (2, 2, 16))
+    settings, weights = separation._settings_and_weights(self.config)
+    scan_sources, scan_trace = jax.jit(separation.get_separation_fn(
+        self.score_fn, self.sigmas, weights, settings))(jax.random.key(4), self.mix, references)
+    sampler = separation.get_sampler(self.score_fn, self.sigmas, weights, settings)
+    sampler = sampler._replace(step=jax.jit(sampler.step))
+    loop_sources, loop_trace = separation.loop_separation(sampler, jax.random.key(4), self.mix,
+                                                          references)
+    np.testing.assert_allclose(loop_sources, scan_sources, rtol=1e-5, atol=1e-6)
+    self.assertEqual(set(loop_trace), {"sigma", "residual_rms", "score_rms", "si_sdr"})
+    for name, value in scan_trace.items():
+      np.testing.assert_allclose(loop_trace[name], value, rtol=1e-4, atol=1e-5)
+
   def test_same_key_same_output(self):
     run = jax.jit(lambda k, m: separation.separate(k, m, self.score_fn, self.sigmas,
                                                    self.config))
@@ -202,6 +216,11 @@ class SamplerTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "config.separation.init 'zeros'"):
       separation.separate(jax.random.key(0), self.mix, self.score_fn, self.sigmas,
                           self.config)
+    self.config.separation.init = "noise"
+    self.config.separation.driver = "while"
+    with self.assertRaisesRegex(ValueError, "config.separation.driver 'while'"):
+      separation.separate(jax.random.key(0), self.mix, self.score_fn, self.sigmas,
+                          self.config)
 
 
 def tiny_flow_config():
@@ -215,7 +234,7 @@ def tiny_flow_config():
 
 class FlowScoreTest(absltest.TestCase):
 
-  def test_score_is_the_gradient_of_the_level_prior(self):
+  def test_score_is_the_gradient_of_the_level_prior_and_both_drivers_agree(self):
     config = tiny_flow_config()
     prior = priors.build(config.model)
     x = toy.sample_sources(jax.random.key(0), 2, 64, config.data)
@@ -236,6 +255,18 @@ class FlowScoreTest(absltest.TestCase):
     self.assertGreater(float(jnp.max(jnp.abs(score_fn(0, probe) - score_fn(1, probe)))), 1e-3)
     with self.assertRaisesRegex(ValueError, "2 levels but 3 sigmas"):
       separation.make_score_fn(prior, stacked, (0.3, 0.1, 0.01))
+
+    # --mode=separate's two drivers, params passed as arguments: the same sources.
+    config.separation.steps_per_level = 2
+    mix = toy.mix(x, toy.mix_weights(x.shape[1], config.data))
+    outputs = {}
+    for driver in separation.DRIVERS:
+      config.separation.driver = driver
+      separate_batch = separation.batch_separator(config, prior, stacked, (0.1, 0.01))
+      outputs[driver] = separate_batch(jax.random.key(5), mix, x)
+    np.testing.assert_allclose(outputs["loop"][0], outputs["scan"][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs["loop"][1]["si_sdr"], outputs["scan"][1]["si_sdr"],
+                               atol=1e-3)
 
 
 class ChunkingTest(absltest.TestCase):
