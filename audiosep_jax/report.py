@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 import soundfile
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -156,13 +157,23 @@ def dilemma_figure(all_results, path):
   sigma_drop = next(iter(all_results.values()))["log_p_drop"]["sigma"]
   axes[0].set_xscale("log")
   axes[0].set_xlabel("mean squared score per sample (log)  <- smoother")
-  axes[1].set_xscale("symlog", linthresh=0.1)
+  drops = np.concatenate([as_array(r["log_p_drop"]["mean"]) for r in all_results.values()])
+  drops = drops[np.isfinite(drops)]
+  if drops.size and np.all(drops > 0):
+    axes[1].set_xscale("log")
+  else:
+    positive = np.abs(drops[drops != 0])
+    axes[1].set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
   axes[1].set_xlabel(f"drop of in-class log p at sigma_test={fmt(sigma_drop)} (nats/sample)"
                      "  <- smoother")
+  aurocs = np.concatenate([as_array(r[key]) for r in all_results.values()
+                           for key in ("mean_auroc", "mean_auroc_level_noise") if key in r])
+  aurocs = aurocs[np.isfinite(aurocs)]
+  low = min(0.4, float(aurocs.min()) - 0.05) if aurocs.size else 0.0
   for ax in axes:
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.set_ylabel("mean AUROC (discrimination)")
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(max(low, 0.0), 1.02)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8, loc="lower left")
   fig.suptitle("The dilemma: each point a fine-tuning level (labelled with its sigma); "
@@ -171,18 +182,21 @@ def dilemma_figure(all_results, path):
 
 
 def heatmap(ax, matrix, names, title):
-  """matrix [K, J] with its values written in, the diagonal framed."""
-  image = ax.imshow(matrix, cmap="viridis")
+  """matrix [K, J] on a symmetric-log colour scale (log p spans orders of magnitude below
+  zero), its values written in, the diagonal framed."""
+  finite = matrix[np.isfinite(matrix)]
+  low, high = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+  norm = SymLogNorm(linthresh=1.0, vmin=low, vmax=max(high, low + 1e-6))
+  image = ax.imshow(matrix, cmap="viridis", norm=norm)
   ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
   ax.set_yticks(range(len(names)), names, fontsize=7)
   ax.set_title(title, fontsize=9)
-  finite = matrix[np.isfinite(matrix)]
-  middle = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
   for k in range(matrix.shape[0]):
     for j in range(matrix.shape[1]):
       value = matrix[k, j]
+      bright = np.isfinite(value) and norm(value) > 0.6
       ax.text(j, k, fmt(value if np.isfinite(value) else None), ha="center", va="center",
-              fontsize=7, color="black" if np.isfinite(value) and value > middle else "white")
+              fontsize=7, color="black" if bright else "white")
     ax.add_patch(Rectangle((k - 0.5, k - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
   return image
 
@@ -204,7 +218,8 @@ def cross_figure(res, path):
     axes[r, 0].set_ylabel("prior k")
   for ax in axes[-1]:
     ax.set_xlabel("source j")
-  fig.suptitle(f"{res['family']}: mean log p_k(s_j), nats/sample (diagonal framed)")
+  fig.suptitle(f"{res['family']}: mean log p_k(s_j), nats/sample (diagonal framed; colours "
+               "on a symmetric log scale)")
   save_figure(fig, path)
 
 
@@ -222,10 +237,12 @@ def noise_figure(res, path):
       if sigma > 0:
         axes[k].axvline(sigma, color=f"C{l}", ls=":", lw=0.8)
     axes[k].set_xscale("symlog", linthresh=1e-3)
+    axes[k].set_xlim(0.0, 1.2 * max(sens["test_sigmas"]))
+    axes[k].set_yscale("symlog", linthresh=1.0)
     axes[k].set_title(f"prior {name} on {name} + sigma_test eps", fontsize=9)
     axes[k].set_xlabel("sigma_test")
     axes[k].grid(alpha=0.3)
-  axes[0].set_ylabel("mean log p (nats/sample)")
+  axes[0].set_ylabel("mean log p (nats/sample, symlog)")
   axes[-1].legend(fontsize=7)
   fig.suptitle(f"{res['family']}: noise sensitivity (dotted: each level's own sigma)")
   save_figure(fig, path)
@@ -251,11 +268,13 @@ def probes_figure(res, path):
     axes[0, l].set_xlabel("c")
     axes[1, l].set_title(f"{level_label(sigma)}: N(0, std^2) noise", fontsize=9)
     axes[1, l].set_xscale("symlog", linthresh=1e-3)
+    axes[1, l].set_xlim(0.0, 1.2 * max(noise["stds"]))
     axes[1, l].set_xlabel("std")
     for ax in axes[:, l]:
+      ax.set_yscale("symlog", linthresh=1.0)
       ax.grid(alpha=0.3)
-  axes[0, 0].set_ylabel("mean log p (nats/sample)")
-  axes[1, 0].set_ylabel("mean log p (nats/sample)")
+  axes[0, 0].set_ylabel("mean log p (nats/sample, symlog)")
+  axes[1, 0].set_ylabel("mean log p (nats/sample, symlog)")
   axes[0, -1].legend(fontsize=7)
   fig.suptitle(f"{res['family']}: probes (dashed: each prior's in-class log p on clean data)")
   save_figure(fig, path)
