@@ -1,5 +1,6 @@
-"""The report: every figure written and non-empty, every link resolving, every number in
-index.md taken from the JSON beside it."""
+"""The report of a tiny trained, fine-tuned and diagnosed workdir (the pipeline end to end):
+every figure written and non-empty, every link resolving, every number in index.md taken
+from the JSON beside it."""
 import copy
 import json
 import os
@@ -12,8 +13,7 @@ import soundfile
 from absl.testing import absltest
 
 from audiosep_jax import diagnostics
-from audiosep_jax import metric_writer
-from audiosep_jax import priors
+from audiosep_jax import main
 from audiosep_jax import report
 from tests import test_diagnostics
 
@@ -57,20 +57,22 @@ def table_numbers(markdown):
 
 
 def write_workdir(workdir):
-  """A workdir as the pipeline leaves it: diagnostics of two families (flow: a real tiny
-  diagnose run; 'wavenet': the same numbers without the flow-only fields), training
-  scalars, and one family's separation (the other's metrics.json unreadable)."""
+  """A workdir as the pipeline leaves it: the flow family briefly trained and fine-tuned
+  at one level, then diagnosed (all through main.run, as --mode does); a second family
+  'wavenet' with the same numbers less the flow-only fields; one family's separation (the
+  other's metrics.json unreadable). Returns the JSON objects the report may quote."""
   config = test_diagnostics.tiny_config()
-  prior = priors.build(config.model)
-  data = diagnostics.test_examples(config)
-  params = test_diagnostics.level_params(prior, data, 2)
-  levels = (0.0, 0.1)
-  results, samples = diagnostics.diagnose(config, prior, params, levels, data)
+  config.training.num_steps = 2
+  config.training.log_every = 1
+  config.training.eval_every = 2
+  config.training.checkpoint_every = 2
+  config.training.num_audio_samples = 0
+  config.finetune.num_steps = 2
+  for mode in ("train", "finetune", "diagnose"):
+    main.run(config, workdir, mode)
   out = os.path.join(workdir, "diagnostics")
-  npy, wavs = diagnostics.write_samples(out, "flow", samples, levels, results["source_names"],
-                                        config.data.sample_rate)
-  results["samples"].update(npy=npy, wavs=wavs)
-  diagnostics.write_json(os.path.join(out, "flow.json"), results)
+  with open(os.path.join(out, "flow.json")) as f:
+    results = json.load(f)
   other = copy.deepcopy(results)
   other["family"] = "wavenet"
   del other["cross_latent_log_prob_paper_clipped"], other["paper_clip"]
@@ -78,14 +80,6 @@ def write_workdir(workdir):
   diagnostics.write_json(os.path.join(out, "wavenet.json"), other)
 
   names = results["source_names"]
-  for sigma in levels:
-    writer = metric_writer.MetricWriter(
-        os.path.join(workdir, "tb", "flow", f"sigma_{sigma:g}"))
-    for step in (10, 20):
-      writer.write_scalars(step, {f"nats_per_sample/{n}": -1.0 + step / 100 for n in names})
-    writer.write_scalars(20, {f"test_nats_per_sample/{n}": -0.9 for n in names})
-    writer.close()
-
   sep = os.path.join(workdir, "separations", "flow")
   os.makedirs(os.path.join(sep, "mix_0"))
   rate = config.data.sample_rate
@@ -114,7 +108,7 @@ class ReportTest(absltest.TestCase):
     cls.tmp = tempfile.TemporaryDirectory()
     cls.workdir = cls.tmp.name
     cls.sources = write_workdir(cls.workdir)
-    cls.index = report.run(None, cls.workdir)
+    cls.index = main.run(test_diagnostics.tiny_config(), cls.workdir, "report")
     with open(cls.index) as f:
       cls.markdown = f.read()
 
@@ -144,6 +138,7 @@ class ReportTest(absltest.TestCase):
     self.assertIn("../diagnostics/flow.json", links)
     self.assertIn("../separations/flow/metrics.json", links)
     self.assertIn("../separations/flow/mix_0/estimate_saw.wav", links)
+    self.assertIn("../tb/flow/sigma_0.1/scalars.jsonl", links)  # written by the train loop
 
   def test_every_table_number_comes_from_the_json(self):
     allowed = set().union(*[json_numbers(s) for s in self.sources])
