@@ -404,6 +404,7 @@ def separate_test_mixes(config, separate_batch, key, out_dir):
       "gamma_scale": sep.gamma_scale,
       "init": sep.init,
       "init_scale": sep.init_scale,
+      "driver": sep.driver,
       "mix_weights": [float(w) for w in weights],
       "num_mixes": sep.num_mixes,
       "mix_length": sep.mix_length,

@@ -329,6 +329,7 @@ class RunTest(absltest.TestCase):
     self.assertEqual(stored["source_names"], names)
     self.assertEqual(stored["sigmas"], sorted(config.finetune.sigmas, reverse=True))
     self.assertEqual(stored["steps_per_level"], sep.steps_per_level)
+    self.assertEqual(stored["driver"], sep.driver)
     self.assertLen(stored["per_mix"], sep.num_mixes)
     self.assertLen(stored["trace"]["residual_rms"], len(config.finetune.sigmas))
 
