@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from audiosep_jax import distributed
 from audiosep_jax import metrics
 from audiosep_jax import priors
 from audiosep_jax.data import toy
@@ -322,7 +323,9 @@ def level_sigmas(config):
 
 
 def write_wav(path, audio, sample_rate):
-  """Writes float32 audio [T] atomically (temp name, then rename)."""
+  """Writes float32 audio [T] atomically (temp name, then rename); process 0 only."""
+  if not distributed.is_primary():
+    return
   tmp = path + ".tmp"
   import soundfile  # pylint: disable=g-import-not-at-top
   soundfile.write(tmp, np.asarray(audio, np.float32), int(sample_rate), subtype="FLOAT",
@@ -331,6 +334,9 @@ def write_wav(path, audio, sample_rate):
 
 
 def write_json(path, value):
+  """Writes JSON atomically; process 0 only."""
+  if not distributed.is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(value, f, indent=2, sort_keys=True)
@@ -465,19 +471,36 @@ def separate_file(config, separate_batch, key, input_path, out_dir):
   return file_dir
 
 
-def batch_separator(config, prior, stacked_params, sigmas):
+def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
   """fn(key, mix [B, T], references or None) -> (sources, trace) for the stacked
   [L, K, ...] params, compiled as config.separation.driver says; the params are passed to
-  the compiled functions as arguments, not baked in as constants."""
+  the compiled functions as arguments, not baked in as constants. The scan driver splits
+  the mixes over every device of `mesh` (default: every device, all processes)."""
   settings, weights = _settings_and_weights(config)
+  if mesh is None:
+    from audiosep_jax import train  # pylint: disable=g-import-not-at-top
+    mesh = train.make_mesh(config.training.num_devices)
 
   def make_sampler(params):
     return get_sampler(make_score_fn(prior, params, sigmas), sigmas, weights, settings)
 
   if settings.driver == "scan":
-    compiled = jax.jit(lambda params, key, mix, references: get_separation_fn(
-        make_score_fn(prior, params, sigmas), sigmas, weights, settings)(key, mix, references))
-    return functools.partial(compiled, stacked_params)
+    def separation(params, key, mix, references=None):
+      return get_separation_fn(make_score_fn(prior, params, sigmas), sigmas, weights,
+                               settings)(key, mix, references)
+
+    trace_axes = {"sigma": None, "residual_rms": 1, "score_rms": 1}
+    with_references = distributed.map_rows(
+        separation, mesh, num_batched=2, out_axes=(0, dict(trace_axes, si_sdr=1)))
+    without_references = distributed.map_rows(separation, mesh, num_batched=1,
+                                              out_axes=(0, trace_axes))
+
+    def separate_batch(key, mix, references):
+      if references is None:
+        return without_references(stacked_params, key, mix)
+      return with_references(stacked_params, key, mix, references)
+
+    return separate_batch
   sampler = make_sampler(stacked_params)
   step = jax.jit(lambda params, *args: make_sampler(params).step(*args))
   sampler = sampler._replace(
@@ -498,7 +521,8 @@ def run(config, workdir, input_path=None):
   sigmas = level_sigmas(config)
   prior = priors.build(config.model)
   params = train.load_level_params(config, workdir, sigmas)
-  separate_batch = batch_separator(config, prior, params, sigmas)
+  mesh = train.make_mesh(config.training.num_devices)
+  separate_batch = batch_separator(config, prior, params, sigmas, mesh)
   out_dir = os.path.join(workdir, "separations", family)
   os.makedirs(out_dir, exist_ok=True)
   key = jax.random.key(config.seed)

@@ -43,6 +43,9 @@ def get_config(arg=None):
     config.separation.num_mixes = 4
     config.separation.mix_length = 2_048
     config.separation.steps_per_level = 50
+    # On a CPU, XLA lowers the flow score's convolutions inside a compiled loop to naive
+    # kernels (benchmarks/README.md): drive the jitted step from Python instead.
+    config.separation.driver = "loop"
   elif variant == "test":
     model.n_blocks = 2
     model.n_flows = 2
