@@ -121,3 +121,43 @@ def get_default_config():
   # convolution kernels, 'loop' was 2.3-3.5x faster for the flow, 1.5x slower for the WaveNet.
   config.separation.driver = "scan"
   return config
+
+
+def set_run_sizes(config, variant):
+  """Data, training, fine-tuning, diagnostics and separation sizes shared by every
+  experiment's `demo` (minutes on a laptop CPU) and `test` (seconds) variants; the
+  experiment files set their model and what differs per family afterwards."""
+  if variant == "demo":
+    config.data.crop_length = 1_024
+    config.data.test_length = 2_048
+    config.data.test_size = 32
+    config.optim.learning_rate = 1e-3
+    config.finetune.num_steps = 100
+    config.diagnostics.num_examples = 32
+    config.diagnostics.length = 2_048
+    config.diagnostics.sample_length = 2_048
+    config.separation.num_mixes = 4
+    config.separation.mix_length = 2_048
+    config.separation.steps_per_level = 50
+  elif variant == "test":
+    config.data.crop_length = 256
+    config.data.test_length = 256
+    config.data.test_size = 8
+    config.training.batch_size = 4
+    config.training.num_steps = 30
+    config.training.log_every = 10
+    config.training.eval_every = 15
+    config.training.checkpoint_every = 15
+    config.training.eval_batch_size = 4
+    config.finetune.sigmas = (0.01, 0.1)
+    config.finetune.num_steps = 5
+    config.diagnostics.num_examples = 8
+    config.diagnostics.length = 256
+    config.diagnostics.batch_size = 4
+    config.diagnostics.num_samples = 1
+    config.diagnostics.sample_length = 256
+    config.separation.num_mixes = 2
+    config.separation.mix_length = 256
+    config.separation.batch_size = 2
+    config.separation.steps_per_level = 5
+    config.separation.chunk_overlap = 32

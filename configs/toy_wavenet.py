@@ -26,50 +26,19 @@ def get_config(arg=None):
   config.data.crop_length = 3_075
   config.training.batch_size = 2
 
+  default.set_run_sizes(config, variant)
   if variant == "demo":
     model.n_layers = 10
     model.dilation_cycle = 10
     model.width = 32
-    config.data.crop_length = 1_024
-    config.data.test_length = 2_048
-    config.data.test_size = 32
     config.training.batch_size = 4
     config.training.num_steps = 500
     config.training.log_every = 50
     config.training.eval_every = 250
     config.training.checkpoint_every = 250
-    config.optim.learning_rate = 1e-3
-    config.finetune.num_steps = 100
-    config.diagnostics.num_examples = 32
-    config.diagnostics.length = 2_048
-    config.diagnostics.sample_length = 2_048
-    config.separation.num_mixes = 4
-    config.separation.mix_length = 2_048
-    config.separation.steps_per_level = 50
   elif variant == "test":
     model.n_layers = 4
     model.dilation_cycle = 2
     model.width = 8
-    config.data.crop_length = 256
-    config.data.test_length = 256
-    config.data.test_size = 8
-    config.training.batch_size = 4
-    config.training.num_steps = 30
-    config.training.log_every = 10
-    config.training.eval_every = 15
-    config.training.checkpoint_every = 15
-    config.training.eval_batch_size = 4
     config.optim.learning_rate = 1e-2
-    config.finetune.sigmas = (0.01, 0.1)
-    config.finetune.num_steps = 5
-    config.diagnostics.num_examples = 8
-    config.diagnostics.length = 256
-    config.diagnostics.batch_size = 4
-    config.diagnostics.num_samples = 1
-    config.diagnostics.sample_length = 256
-    config.separation.num_mixes = 2
-    config.separation.mix_length = 256
-    config.separation.batch_size = 2
-    config.separation.steps_per_level = 5
-    config.separation.chunk_overlap = 32
   return config
