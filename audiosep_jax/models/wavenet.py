@@ -8,6 +8,9 @@ autoregressive prior. Parameter names are part of the contract: the cached sampl
   layer_i      dilated Conv (kernel_size, dilation 2 ** (i % dilation_cycle)) width -> 2 width,
                tanh(a) * sigmoid(b); `residual` 1x1 width -> width, `skip` 1x1 width -> width
   head         ReLU, Conv 1x1 `head_hidden` width -> width, ReLU, Conv 1x1 `head_out` -> out
+
+Every convolution holds its parameters as `nn.Conv` does (kernel [k, C_in, C_out], bias)
+and runs as a matmul over shifted taps (`conv1d`).
 """
 import math
 
@@ -32,8 +35,51 @@ def gate(h):
   return jnp.tanh(filt) * jax.nn.sigmoid(gate_in)
 
 
+def conv1d(x, kernel, bias, dilation=1, padding=(0, 0)):
+  """A 1-D convolution computed as one matmul over its shifted taps.
+
+  x: [B, T, C_in], kernel: [k, C_in, C_out] (nn.Conv's layout), bias: [C_out], padding:
+  (before, after) samples -> [B, T + before + after - dilation (k - 1), C_out]. Tap j reads
+  input sample t - before + j * dilation. Written as concat_j(x shifted) @ kernel reshaped
+  [k C_in, C_out] rather than `lax.conv_general_dilated`: on XLA:CPU the vmapped (grouped)
+  convolutions of K stacked priors spend more time in layout copies than in arithmetic,
+  and convolutions inside compiled loops fall back to naive kernels (jax issue 12868);
+  batched dots do neither (benchmarks/README.md).
+  """
+  k = kernel.shape[0]
+  if any(padding):
+    x = jnp.pad(x, ((0, 0), tuple(padding), (0, 0)))
+  length = x.shape[1] - dilation * (k - 1)
+  if k == 1:
+    taps = x
+  else:
+    taps = jnp.concatenate([x[:, j * dilation:j * dilation + length] for j in range(k)],
+                           axis=-1)
+  return taps @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+class ConvParams(nn.Module):
+  """The parameters of a 1-D convolution as `nn.Conv` names, shapes and initialises them:
+  () -> (kernel [kernel_size, in_features, features], bias [features])."""
+  in_features: int
+  features: int
+  kernel_size: int = 1
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, self.in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return kernel, bias
+
+
 class ResidualLayer(nn.Module):
-  """One gated dilated layer. h: [B, T, width] -> (h_next [B, T, width], skip [B, T, width])."""
+  """One gated dilated layer. h: [B, T, width] -> (h_next [B, T, width], skip [B, T, width]).
+
+  The residual and skip 1x1 convolutions read the same gated activations, so they run
+  as one matmul against their two kernels side by side.
+  """
   width: int
   kernel_size: int
   dilation: int
@@ -43,16 +89,18 @@ class ResidualLayer(nn.Module):
   def __call__(self, h):
     span = self.dilation * (self.kernel_size - 1)
     if self.causal:
-      padding = [(span, 0)]
+      padding = (span, 0)
     else:
       if self.kernel_size % 2 != 1:
         raise ValueError(f"A centred WaveNet needs an odd kernel_size, got {self.kernel_size}.")
-      padding = [(span // 2, span // 2)]
-    z = nn.Conv(2 * self.width, (self.kernel_size,), kernel_dilation=(self.dilation,),
-                padding=padding, name="dilated")(h)
-    z = gate(z)
-    residual = nn.Conv(self.width, (1,), name="residual")(z)
-    skip = nn.Conv(self.width, (1,), name="skip")(z)
+      padding = (span // 2, span // 2)
+    dilated = ConvParams(self.width, 2 * self.width, self.kernel_size, name="dilated")()
+    z = gate(conv1d(h, *dilated, dilation=self.dilation, padding=padding))
+    res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
+    skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
+    out = conv1d(z, jnp.concatenate([res_kernel, skip_kernel], axis=-1),
+                 jnp.concatenate([res_bias, skip_bias]))
+    residual, skip = jnp.split(out, 2, axis=-1)
     return (h + residual) * math.sqrt(0.5), skip
 
 
@@ -73,13 +121,14 @@ class WaveNet(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.width, (1,), name="input")(x)
+    h = conv1d(x, *ConvParams(x.shape[-1], self.width, name="input")())
     skip_sum = jnp.zeros_like(h)
     for i, dilation in enumerate(dilations(self.n_layers, self.dilation_cycle)):
       h, skip = ResidualLayer(self.width, self.kernel_size, dilation, self.causal,
                               name=f"layer_{i}")(h)
       skip_sum = skip_sum + skip
     out = nn.relu(skip_sum)
-    out = nn.relu(nn.Conv(self.width, (1,), name="head_hidden")(out))
+    out = nn.relu(conv1d(out, *ConvParams(self.width, self.width, name="head_hidden")()))
     last_init = nn.initializers.zeros if self.zero_init_head else nn.linear.default_kernel_init
-    return nn.Conv(self.out_channels, (1,), kernel_init=last_init, name="head_out")(out)
+    head_out = ConvParams(self.width, self.out_channels, kernel_init=last_init, name="head_out")
+    return conv1d(out, *head_out())

@@ -1,0 +1,32 @@
+"""The WaveNet's convolutions: `conv1d` (a matmul over shifted taps) is the convolution
+XLA computes, and the layers keep nn.Conv's parameters."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audiosep_jax.models import wavenet
+
+
+@pytest.mark.parametrize("kernel_size,dilation,padding", [
+    (1, 1, (0, 0)), (2, 1, (1, 0)), (2, 8, (8, 0)), (3, 4, (4, 4)), (3, 2, (0, 0)),
+    (3, 16, (32, 0))])
+def test_conv1d_equals_the_xla_convolution(kernel_size, dilation, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 64, 5))
+  kernel = jax.random.normal(jax.random.key(1), (kernel_size, 5, 7))
+  bias = jax.random.normal(jax.random.key(2), (7,))
+  expected = jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1,), padding=[padding], rhs_dilation=(dilation,),
+      dimension_numbers=("NWC", "WIO", "NWC")) + bias
+  got = wavenet.conv1d(x, kernel, bias, dilation=dilation, padding=padding)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_params_initialise_as_nn_conv():
+  x = jnp.ones((1, 16, 5))
+  ours = wavenet.ConvParams(5, 7, kernel_size=3).init(jax.random.key(3))["params"]
+  theirs = nn.Conv(7, (3,)).init(jax.random.key(3), x)["params"]
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
+  np.testing.assert_array_equal(ours["kernel"], theirs["kernel"])
+  np.testing.assert_array_equal(ours["bias"], theirs["bias"])
