@@ -16,6 +16,7 @@ returns the inverse's log-det. The latent `z` is returned in the time layout of 
 (the squeezes undone), so `log N(z_t)` is a per-sample quantity.
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from audiosep_jax.models import wavenet
@@ -100,6 +101,36 @@ class FlowStep(nn.Module):
     return flip(x), logdet_a + logdet_c
 
 
+def remat_after_cotangent(fn):
+  """fn(params, x) -> outputs, differentiable with only (params, x) kept for the backward
+  pass, where fn is run again once the outputs' cotangent has arrived.
+
+  The memory saving `jax.checkpoint` promises does not survive XLA:CPU: its optimization
+  barriers are gone before common-subexpression elimination, which merges the recomputed
+  forward pass back into the original one (same peak memory; benchmarks/README.md).
+  Here the recomputation reads x + 0 * (a cotangent element), which XLA can neither
+  merge with the forward pass nor schedule before that cotangent exists. A non-finite
+  cotangent makes the gradients non-finite, as it would without rematerialisation.
+  Reverse-mode only (custom_vjp): no jvp through it.
+  """
+  @jax.custom_vjp
+  def rematerialised(params, x):
+    return fn(params, x)
+
+  def forward(params, x):
+    return fn(params, x), (params, x)
+
+  def backward(saved, cotangent):
+    params, x = saved
+    anchor = jnp.ravel(jax.tree.leaves(cotangent)[0])[0]
+    x = jax.tree.map(lambda v: v + 0.0 * anchor, x)
+    _, vjp = jax.vjp(fn, params, x)
+    return vjp(cotangent)
+
+  rematerialised.defvjp(forward, backward)
+  return rematerialised
+
+
 class FloWaveNet(nn.Module):
   """x: [B, T] -> (z [B, T], logdet [B]); T must be divisible by 2 ** n_blocks."""
   n_blocks: int
@@ -112,10 +143,17 @@ class FloWaveNet(nn.Module):
   remat: bool = False
 
   def _steps(self):
-    step_cls = nn.remat(FlowStep, static_argnums=(2,)) if self.remat else FlowStep
-    return [[step_cls(self.width, self.n_layers, self.kernel_size, self.dilation_cycle,
+    return [[FlowStep(self.width, self.n_layers, self.kernel_size, self.dilation_cycle,
                       self.actnorm_eps, name=f"block_{i}_flow_{j}")
              for j in range(self.n_flows)] for i in range(self.n_blocks)]
+
+  def _run_step(self, step, h, reverse):
+    """step(h, reverse) -> (h, logdet); with `remat`, through `remat_after_cotangent`."""
+    if not self.remat or self.is_initializing():
+      return step(h, reverse)
+    unbound = step.clone(parent=None)
+    apply = lambda params, v: unbound.apply({"params": params}, v, reverse)
+    return remat_after_cotangent(apply)(self.variables["params"][step.name], h)
 
   def check_length(self, length):
     factor = 2 ** self.n_blocks
@@ -136,14 +174,14 @@ class FloWaveNet(nn.Module):
         h = squeeze(h)
       for steps in reversed(blocks):
         for step in reversed(steps):
-          h, ld = step(h, True)
+          h, ld = self._run_step(step, h, True)
           logdet = logdet + ld
         h = unsqueeze(h)
       return h[..., 0], logdet
     for steps in blocks:
       h = squeeze(h)
       for step in steps:
-        h, ld = step(h, False)
+        h, ld = self._run_step(step, h, False)
         logdet = logdet + ld
     for _ in range(self.n_blocks):
       h = unsqueeze(h)
