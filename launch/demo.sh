@@ -7,6 +7,7 @@
 # Extra arguments go to every run, e.g. ./launch/demo.sh --config.seed=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash launch/install_system_deps.sh
 source launch/setup_env.sh
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 WORKDIR=${WORKDIR:-workdirs/toy_demo}

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Installs the system libraries the project needs outside PyPI: today only FluidSynth
-# (libfluidsynth3, loaded by pyfluidsynth to render the chorales dataset).
-# Idempotent and non-interactive; runs as root or through sudo; when apt-get is not
-# there it prints what to install by hand and exits 0 (the tests that need FluidSynth
-# then skip with a reason that names the library).
+# Installs the system libraries the project uses outside PyPI:
+#   libfluidsynth3          loaded by pyfluidsynth to render the chorales dataset
+#   libtcmalloc-minimal4    the allocator launch/setup_env.sh preloads: XLA:CPU allocates
+#                           and frees large buffers every step, and glibc's malloc hands
+#                           them back to the kernel each time (page faults: the flow train
+#                           step ran 1.7x slower, benchmarks/README.md)
+# Idempotent and non-interactive; runs as root or through sudo; when apt-get is not there
+# it prints what to install by hand and exits 0 (the chorales tests then skip with a
+# reason that names the library, and setup_env.sh keeps the system allocator).
 set -euo pipefail
 
-have_fluidsynth() {
-  if command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q "libfluidsynth\.so"; then
+have_library() {  # have_library NAME: is lib NAME.so* on the loader's path?
+  if command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q "$1\.so"; then
     return 0
   fi
-  compgen -G "/usr/lib/*/libfluidsynth.so*" >/dev/null || compgen -G "/usr/lib/libfluidsynth.so*" >/dev/null
+  compgen -G "/usr/lib/*/$1.so*" >/dev/null || compgen -G "/usr/lib/$1.so*" >/dev/null
 }
 
-if have_fluidsynth; then
-  echo "install_system_deps: FluidSynth is already installed."
+missing=()
+have_library libfluidsynth || missing+=(libfluidsynth3)
+have_library libtcmalloc_minimal || missing+=(libtcmalloc-minimal4)
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install_system_deps: FluidSynth and tcmalloc are already installed."
   exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install_system_deps: apt-get not found; skipping. Install the FluidSynth library" \
-       "(libfluidsynth, e.g. 'brew install fluid-synth' or your distribution's package)" \
-       "to render the chorales dataset."
+  echo "install_system_deps: apt-get not found; skipping. Install ${missing[*]} (or your" \
+       "distribution's FluidSynth and gperftools tcmalloc packages) by hand."
   exit 0
 fi
 
@@ -31,16 +37,18 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
   SUDO=(sudo -n)
 else
   echo "install_system_deps: not root and no password-less sudo; skipping. Run" \
-       "'sudo apt-get install -y --no-install-recommends libfluidsynth3' to render the chorales dataset."
+       "'sudo apt-get install -y --no-install-recommends ${missing[*]}'."
   exit 0
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "install_system_deps: installing libfluidsynth3 with apt-get."
+echo "install_system_deps: installing ${missing[*]} with apt-get."
 "${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends libfluidsynth3
-if ! have_fluidsynth; then
-  echo "install_system_deps: libfluidsynth3 was installed but the library is not found." >&2
-  exit 1
-fi
-echo "install_system_deps: FluidSynth installed."
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+for library in libfluidsynth libtcmalloc_minimal; do
+  if ! have_library "$library"; then
+    echo "install_system_deps: apt-get ran but $library is not found." >&2
+    exit 1
+  fi
+done
+echo "install_system_deps: installed ${missing[*]}."
