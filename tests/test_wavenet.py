@@ -30,3 +30,16 @@ def test_conv_params_initialise_as_nn_conv():
   assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
   np.testing.assert_array_equal(ours["kernel"], theirs["kernel"])
   np.testing.assert_array_equal(ours["bias"], theirs["bias"])
+
+
+@pytest.mark.parametrize("causal,kernel_size", [(True, 2), (False, 3)])
+def test_residual_in_matmul_is_the_same_function(causal, kernel_size):
+  x = jax.random.normal(jax.random.key(4), (2, 64, 1))
+  make = lambda fold: wavenet.WaveNet(out_channels=3, width=8, n_layers=5,
+                                      kernel_size=kernel_size, dilation_cycle=3,
+                                      causal=causal, residual_in_matmul=fold)
+  params = make(False).init(jax.random.key(5), x)
+  assert jax.tree.map(jnp.shape, make(True).init(jax.random.key(5), x)) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(make(True).apply(params, x), make(False).apply(params, x),
+                             rtol=1e-5, atol=1e-5)

@@ -166,7 +166,8 @@ def network(settings):
   'wavenet' in the prior's params."""
   return wavenet.WaveNet(
       out_channels=settings.num_bins, width=settings.width, n_layers=settings.n_layers,
-      kernel_size=settings.kernel_size, dilation_cycle=settings.dilation_cycle, causal=True)
+      kernel_size=settings.kernel_size, dilation_cycle=settings.dilation_cycle, causal=True,
+      residual_in_matmul=True)
 
 
 def receptive_field(settings):

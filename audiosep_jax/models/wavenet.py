@@ -78,12 +78,17 @@ class ResidualLayer(nn.Module):
   """One gated dilated layer. h: [B, T, width] -> (h_next [B, T, width], skip [B, T, width]).
 
   The residual and skip 1x1 convolutions read the same gated activations, so they run
-  as one matmul against their two kernels side by side.
+  as one matmul against their two kernels side by side. residual_in_matmul=True also
+  moves the residual stream into that matmul, [h, z] @ [[I, 0], [W_res, W_skip]] * scale
+  (the same function, twice that matmul's arithmetic): its output is materialised, where
+  XLA:CPU would otherwise re-fuse the elementwise chain h <- (h + residual) * sqrt(0.5)
+  into every later layer, work quadratic in the depth (benchmarks/README.md).
   """
   width: int
   kernel_size: int
   dilation: int
   causal: bool
+  residual_in_matmul: bool = False
 
   @nn.compact
   def __call__(self, h):
@@ -98,10 +103,18 @@ class ResidualLayer(nn.Module):
     z = gate(conv1d(h, *dilated, dilation=self.dilation, padding=padding))
     res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
     skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
+    scale = math.sqrt(0.5)
+    if self.residual_in_matmul:
+      identity = jnp.eye(self.width, dtype=res_kernel.dtype)
+      kernel = jnp.block([[scale * identity, jnp.zeros_like(skip_kernel[0])],
+                          [scale * res_kernel[0], skip_kernel[0]]])
+      out = conv1d(jnp.concatenate([h, z], axis=-1), kernel[None],
+                   jnp.concatenate([scale * res_bias, skip_bias]))
+      return jnp.split(out, 2, axis=-1)
     out = conv1d(z, jnp.concatenate([res_kernel, skip_kernel], axis=-1),
                  jnp.concatenate([res_bias, skip_bias]))
     residual, skip = jnp.split(out, 2, axis=-1)
-    return (h + residual) * math.sqrt(0.5), skip
+    return (h + residual) * scale, skip
 
 
 class WaveNet(nn.Module):
@@ -118,6 +131,7 @@ class WaveNet(nn.Module):
   dilation_cycle: int = 10
   causal: bool = False
   zero_init_head: bool = False
+  residual_in_matmul: bool = False  # See ResidualLayer: faster for deep stacks on XLA:CPU.
 
   @nn.compact
   def __call__(self, x):
@@ -125,7 +139,7 @@ class WaveNet(nn.Module):
     skip_sum = jnp.zeros_like(h)
     for i, dilation in enumerate(dilations(self.n_layers, self.dilation_cycle)):
       h, skip = ResidualLayer(self.width, self.kernel_size, dilation, self.causal,
-                              name=f"layer_{i}")(h)
+                              self.residual_in_matmul, name=f"layer_{i}")(h)
       skip_sum = skip_sum + skip
     out = nn.relu(skip_sum)
     out = nn.relu(conv1d(out, *ConvParams(self.width, self.width, name="head_hidden")()))
