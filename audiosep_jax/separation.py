@@ -14,10 +14,9 @@ any JAX function will do). An outer `lax.scan` runs over the levels and an inner
 the steps, so a separation is one compiled call (`separate`, `get_separation_fn`). Keys:
 `init_key, run_key = split(key)`; step s of level i uses fold_in(fold_in(run_key, i), s).
 `loop_separation` drives the same steps from Python, one jitted step per call, with the
-same result: --mode=separate uses it when config.separation.driver is 'loop'. On XLA:CPU
-the flow's convolutions inside a compiled loop fall back to naive kernels, and the loop
-driver separated 2.3-3.5x faster with the flow (the WaveNet: 1.5x slower); see
-benchmarks/README.md. On GPU and TPU the scan is the one to use.
+same result: --mode=separate uses it when config.separation.driver is 'loop'. The scan is
+the default; since the WaveNet's convolutions became matmuls, the two drivers run equally
+fast on a CPU (benchmarks/README.md).
 
 Initialisation (config.separation.init): 'noise' draws x_k ~ N(0, (init_scale sigma_1)^2);
 'mix' sets every x_k = m / sum_j a_j, which satisfies the mixing constraint exactly.

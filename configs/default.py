@@ -116,9 +116,9 @@ def get_default_config():
   config.separation.chunk_overlap = 1_024
   # Per-level residual, score and SI-SDR trace in metrics.json.
   config.separation.trace = True
-  # How --mode=separate runs the steps: 'scan' (one compiled call; GPU/TPU) or 'loop' (one
-  # jitted step per call, the same numbers). On XLA:CPU, whose compiled loops use naive
-  # convolution kernels, 'loop' was 2.3-3.5x faster for the flow, 1.5x slower for the WaveNet.
+  # How --mode=separate runs the steps: 'scan' (one compiled call) or 'loop' (one jitted
+  # step per call from Python, the same numbers; for debugging and step-level profiling).
+  # On a CPU the two ran equally fast for the flow (benchmarks/README.md).
   config.separation.driver = "scan"
   return config
 

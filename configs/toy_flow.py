@@ -34,9 +34,6 @@ def get_config(arg=None):
     config.training.log_every = 100
     config.training.eval_every = 500
     config.training.checkpoint_every = 500
-    # On a CPU, XLA lowers the flow score's convolutions inside a compiled loop to naive
-    # kernels (benchmarks/README.md): drive the jitted step from Python instead.
-    config.separation.driver = "loop"
   elif variant == "test":
     model.n_blocks = 2
     model.n_flows = 2
