@@ -1,0 +1,301 @@
+"""JAX against PyTorch eager, timed alternately in one run: train steps and Langevin scores.
+
+  python benchmarks/compare_torch.py [--cases=flow_paper_train,...] [--rounds=7] \
+      [--out=benchmarks/results/compare_torch.json]
+
+Cases (`CASES`): one training step (forward, backward, gradient clipping, Adam) of the
+K = 4 toy priors, and the Langevin inner step's model work, the sum of log p over all
+sources and its gradient with respect to the input x [B, K, T]. Both frameworks get the
+same architecture, the same weights (the JAX init, copied into `torch_reference`), the
+same batch of toy data and the same number of threads (every core this process may use).
+
+JAX: the project's own code (`jax_steps`): `train.make_train_step` compiled by
+`train.compile_train_step` (donated state), and `jax.value_and_grad` of
+`priors.stacked_level_log_prob`, jitted; also both with one prior per CPU device. PyTorch: `torch_reference` (one module per
+source, Adam foreach), eager.
+
+Every case runs in a fresh subprocess (no state carried between cases): warm-up (JAX
+compile, then 2 calls of each), then `--rounds` rounds that time one measurement of each
+framework, alternating which goes first; a measurement repeats the call until it lasts
+`--min_measure_s` and reports the time per call. Reported: the median per call of each
+framework, and the ratio torch / jax (> 1: JAX is faster). The parent also records how
+busy the machine was with other processes during the case (from /proc/stat, less the
+child's own CPU time): timings taken on a busy machine are not comparable.
+"""
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_CASES = flags.DEFINE_list("cases", None, "Cases to run (default: all of CASES).")
+_ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per case (median reported).")
+_MIN_MEASURE_S = flags.DEFINE_float(
+    "min_measure_s", 0.5, "A measurement repeats the call until it lasts this long.")
+_SCORE_SIGMA = flags.DEFINE_float(
+    "score_sigma", 0.077, "Noise level of the WaveNet's smoothed density in score cases.")
+_PRIOR_SHARDED = flags.DEFINE_bool(
+    "prior_sharded", True, "Also time the JAX work with one prior per CPU device.")
+_OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: print only).")
+_CHILD = flags.DEFINE_string("child", None, "Internal: run this one case and write JSON.")
+_CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
+
+
+class Case(NamedTuple):
+  """One comparison: `kind` 'train' (a train step) or 'score' (log p and d/dx)."""
+  family: str  # 'flow' | 'wavenet'
+  variant: str  # 'paper' | 'demo'
+  kind: str
+  batch: int
+  length: int
+  remat: bool = False  # JAX only (the torch reference keeps every activation)
+
+
+# K = 4 toy sources in every case. Paper sizes at a CPU-feasible batch and crop, the
+# paper's own toy setting where it fits, and the demo variant's batch and crop.
+CASES = {
+    "flow_paper_train": Case("flow", "paper", "train", 1, 4_096),
+    "flow_paper_train_b2": Case("flow", "paper", "train", 2, 16_384),
+    "flow_paper_train_full": Case("flow", "paper", "train", 5, 16_384, remat=True),
+    "flow_demo_train": Case("flow", "demo", "train", 8, 2_048),
+    "wavenet_paper_train": Case("wavenet", "paper", "train", 2, 3_075),
+    "wavenet_demo_train": Case("wavenet", "demo", "train", 4, 1_024),
+    "flow_paper_score": Case("flow", "paper", "score", 1, 16_384),
+    "flow_demo_score": Case("flow", "demo", "score", 4, 2_048),
+    "wavenet_paper_score": Case("wavenet", "paper", "score", 1, 16_384),
+    "wavenet_demo_score": Case("wavenet", "demo", "score", 4, 2_048),
+}
+
+
+# CPU devices the child asks JAX for when --prior_sharded (one per toy source).
+_NUM_PRIOR_DEVICES = 4
+
+
+def get_config(case):
+  from configs import toy_flow  # pylint: disable=g-import-not-at-top
+  from configs import toy_wavenet  # pylint: disable=g-import-not-at-top
+  module = toy_flow if case.family == "flow" else toy_wavenet
+  config = module.get_config(case.variant)
+  if case.family == "flow":
+    config.model.remat = case.remat
+  return config
+
+
+def num_threads():
+  return len(os.sched_getaffinity(0))
+
+
+def timed(fn, min_seconds):
+  """Seconds per call of fn(), repeating it until the measurement lasts min_seconds."""
+  calls, start = 0, time.perf_counter()
+  while True:
+    fn()
+    calls += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return elapsed / calls
+
+
+def jax_runners(case, config, batch_np, sigma, prior_sharded):
+  """{name: one call of the JAX work}, compile seconds per name, and the JAX params
+  [K, ...] on the host. 'jax': as training runs it (`jax_steps.vmapped_*`);
+  'jax_prior_sharded': one prior per CPU device (`jax_steps.prior_sharded_*`), when JAX
+  sees K devices (`child_main` asks for them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
+
+  prior = priors.build(config.model)
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  host_state = jax.device_get(train.create_train_state(
+      prior, optimizer, jax.random.key(config.seed), jnp.asarray(batch_np)))
+  if case.kind == "train":
+    builders = {"jax": lambda: jax_steps.vmapped_train_step(
+                    prior, optimizer, host_state, batch_np),
+                "jax_prior_sharded": lambda: jax_steps.prior_sharded_train_step(
+                    prior, optimizer, host_state, batch_np)}
+  else:
+    builders = {"jax": lambda: jax_steps.vmapped_score(
+                    prior, host_state.params, batch_np, sigma),
+                "jax_prior_sharded": lambda: jax_steps.prior_sharded_score(
+                    prior, host_state.params, batch_np, sigma)}
+  if not (prior_sharded and jax.device_count() >= batch_np.shape[1]):
+    del builders["jax_prior_sharded"]
+  runners, compile_s = {}, {}
+  for name, build in builders.items():
+    start = time.perf_counter()
+    runners[name], _ = build()
+    compile_s[name] = time.perf_counter() - start
+  return runners, compile_s, host_state.params
+
+
+def torch_runners(case, config, batch_np, host_params, sigma):
+  """{'torch_<n>t': one call of the same work in PyTorch eager with n threads}, for
+  n = 1 and n = every core (torch's intra-op threading may help or hurt)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+
+  stacked = torch_reference.stacked_from_jax(config.model, host_params)
+  batch = torch.from_numpy(np.array(batch_np))
+  if case.kind == "train":
+    optim = config.optim
+    call = torch_reference.make_train_step(stacked, optim.learning_rate, optim.b1, optim.b2,
+                                           optim.eps, optim.clip_norm)
+  else:
+    call = torch_reference.make_score_fn(stacked,
+                                         sigma if case.family == "wavenet" else None)
+  runners = {}
+  for threads in sorted({1, num_threads()}):
+    def run(threads=threads):
+      torch.set_num_threads(threads)
+      call(batch)
+    runners[f"torch_{threads}t"] = run
+  return runners
+
+
+def run_case(name, rounds, min_measure_s, score_sigma, prior_sharded):
+  """Times one case in this process: {'<runner>_s': median seconds per call, ...}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+
+  case = CASES[name]
+  config = get_config(case)
+  num_sources = len(config.data.source_names)
+  batch_np = np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch,
+                                           case.length, config.data))
+  sigma = score_sigma if case.family == "wavenet" else 0.0
+  runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, prior_sharded)
+  runners.update(torch_runners(case, config, batch_np, host_params, sigma))
+  for run in runners.values():
+    for _ in range(2):
+      run()
+  times = {k: [] for k in runners}
+  order = list(runners)
+  for r in range(rounds):
+    for runner in (order if r % 2 == 0 else order[::-1]):
+      times[runner].append(timed(runners[runner], min_measure_s))
+  result = {"case": name, **case._asdict(), "num_sources": num_sources,
+            "threads": num_threads(), "jax_compile_s": compile_s,
+            "samples_per_call": case.batch * num_sources * case.length}
+  for runner, values in times.items():
+    result[f"{runner}_s"] = statistics.median(values)
+    result[f"{runner}_all_s"] = values
+  torch_names = [k for k in times if k.startswith("torch_")]
+  if torch_names:
+    best = min(torch_names, key=lambda k: result[f"{k}_s"])
+    result["torch_best"] = best
+    result["torch_s"] = result[f"{best}_s"]
+    for jax_name in ("jax", "jax_prior_sharded"):
+      if jax_name in times:
+        result[f"torch_over_{jax_name}"] = result["torch_s"] / result[f"{jax_name}_s"]
+  return result
+
+
+def cpu_jiffies():
+  """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+  with open("/proc/stat") as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  idle = fields[3] + fields[4]
+  total = sum(fields[:8])
+  return total - idle, total
+
+
+def children_cpu_s():
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def run_in_subprocess(name, extra_args=()):
+  """Runs one case in a fresh python; adds how busy other processes kept the CPUs."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "case.json")
+    command = [sys.executable, os.path.abspath(__file__), f"--child={name}",
+               f"--child_out={out}", *extra_args]
+    busy0, total0 = cpu_jiffies()
+    cpu0 = children_cpu_s()
+    subprocess.run(command, check=True, cwd=ROOT)
+    busy1, total1 = cpu_jiffies()
+    own = (children_cpu_s() - cpu0) * os.sysconf("SC_CLK_TCK")
+    with open(out) as f:
+      result = json.load(f)
+  result["others_busy_fraction"] = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
+  return result
+
+
+def main(argv):
+  del argv
+  if _CHILD.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    if _PRIOR_SHARDED.value:
+      jax.config.update("jax_num_cpu_devices", _NUM_PRIOR_DEVICES)
+    result = run_case(_CHILD.value, _ROUNDS.value, _MIN_MEASURE_S.value, _SCORE_SIGMA.value,
+                      _PRIOR_SHARDED.value)
+    with open(_CHILD_OUT.value, "w") as f:
+      json.dump(result, f, indent=2)
+    return
+  names = _CASES.value or list(CASES)
+  unknown = [n for n in names if n not in CASES]
+  if unknown:
+    raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(CASES)}.")
+  common = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
+            f"--score_sigma={_SCORE_SIGMA.value}", f"--prior_sharded={_PRIOR_SHARDED.value}"]
+  results = []
+  for name in names:
+    result = run_in_subprocess(name, common)
+    results.append(result)
+    print(summary_line(result), flush=True)
+    if _OUT.value:
+      write_results(_OUT.value, results)
+
+
+def summary_line(result):
+  nan = float("nan")
+  parts = [f"{result['case']:22s}"]
+  for key in ("jax", "jax_prior_sharded", "torch"):
+    if f"{key}_s" in result:
+      parts.append(f"{key} {result[f'{key}_s']:.3f} s")
+  if "torch_best" in result:
+    parts.append(f"(torch best: {result['torch_best']})")
+  parts.append(f"torch/jax {result.get('torch_over_jax', nan):.2f}")
+  parts.append(f"torch/jax_prior_sharded {result.get('torch_over_jax_prior_sharded', nan):.2f}")
+  parts.append(f"others busy {100 * result['others_busy_fraction']:.0f}%")
+  return "  ".join(parts)
+
+
+def write_results(path, results):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"machine": machine_info(), "results": results}, f, indent=2)
+
+
+def machine_info():
+  """CPU model, usable cores and library versions, for the results file."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  model = ""
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  return {"cpu": model, "cores": num_threads(), "jax": jax.__version__,
+          "torch": torch.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "ld_preload": os.environ.get("LD_PRELOAD", "")}
+
+
+if __name__ == "__main__":
+  app.run(main)

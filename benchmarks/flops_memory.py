@@ -1,0 +1,379 @@
+"""How close the flow train step is to the machine: FLOP/s against a measured matmul peak,
+and peak memory with and without rematerialisation.
+
+  python benchmarks/flops_memory.py [--parts=flops,memory] [--budget_gib=8] \
+      [--out=benchmarks/results/flops_memory.json]
+
+flops   In one process: a float32 matmul (`--matmul_size`, JAX and torch, median of
+        `--repeats`) gives the machine's peak; then the paper-architecture flow train step
+        (`train.make_train_step`) is timed at each `--flops_settings` (batch x crop,
+        K = 4 priors), both ways of `jax_steps` (vmapped as training compiles it, and
+        prior-sharded over 4 CPU devices). FLOPs of the step: an analytic count of every
+        convolution (`flow_train_flops`: forward, and twice that for the input and weight
+        gradients), cross-checked with XLA's `cost_analysis()['flops']` of the vmapped
+        step (the prior-sharded executable reports one device's share). Achieved =
+        analytic FLOPs / median step time, also as a fraction of the matmul peak. With
+        remat the step recomputes each flow's forward pass; those FLOPs are not counted
+        (model FLOPs, not hardware FLOPs).
+memory  Every setting in a fresh subprocess that builds the step, runs 2 steps and reports
+        the process's peak resident memory, VmHWM from /proc/self/status (python, the
+        framework, XLA's compilation, parameters, optimizer state, activations), and the
+        step's own memory: for JAX the compiled step's buffers from `memory_analysis()`
+        (temporaries + arguments), for torch the peak above the resident memory before
+        the model was built. Settings: JAX with and without remat (`config.model.remat`)
+        and torch, at `--memory_batches` x `--memory_length`; then, for each way, the
+        largest batch whose step memory stays under `--budget_gib` (`largest_batch`).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_PARTS = flags.DEFINE_list("parts", ["flops", "memory"], "Which parts to run.")
+_VARIANT = flags.DEFINE_string("variant", "paper", "configs/toy_flow.py variant to measure.")
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N matmul.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
+_FLOPS_SETTINGS = flags.DEFINE_list(
+    "flops_settings", ["1x4096:false", "5x16384:true"],
+    "Flow train steps to time, `batch x crop : remat`.")
+_MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["1", "2"],
+                                    "Batches at which all three ways are measured.")
+_MEMORY_LENGTH = flags.DEFINE_integer("memory_length", 16_384, "Crop of the memory runs.")
+_BUDGET_GIB = flags.DEFINE_float("budget_gib", 8.0, "Memory budget for the largest batch.")
+_MAX_GIB = flags.DEFINE_float(
+    "max_gib", 12.0, "Settings predicted above this are not run (shared machine).")
+_OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: print only).")
+_CHILD = flags.DEFINE_string("child", None, "Internal: 'jax' | 'torch' memory run.")
+_CHILD_BATCH = flags.DEFINE_integer("child_batch", 1, "Internal: batch of the memory run.")
+_CHILD_REMAT = flags.DEFINE_bool("child_remat", False, "Internal: remat of the memory run.")
+_CHILD_STEPS = flags.DEFINE_integer("child_steps", 2, "Internal: steps of the JAX memory run.")
+_CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
+
+GIB = 2.0 ** 30
+# CPU devices for the prior-sharded step (one per toy source).
+_NUM_PRIOR_DEVICES = 4
+
+
+def flow_config(remat=False):
+  """configs/toy_flow.py at --variant (K = 4 toy priors), remat on or off."""
+  from configs import toy_flow  # pylint: disable=g-import-not-at-top
+  config = toy_flow.get_config(_VARIANT.value)
+  config.model.remat = remat
+  return config
+
+
+def flow_forward_macs_per_sample(model_config):
+  """Multiply-adds of one prior's forward pass per input sample, every convolution.
+
+  Block i works on 2 ** (i + 1) channels at T / 2 ** (i + 1) steps; each coupling's
+  WaveNet maps half of them through input 1x1, n_layers x (dilated conv width -> 2 width,
+  residual and skip 1x1; the last layer's residual is unused: computed, as it shares a
+  matmul with the skip, but not counted), and the head (1x1 width -> width, 1x1 width ->
+  channels).
+  """
+  m = model_config
+  w = m.width
+  macs = 0.0
+  for i in range(m.n_blocks):
+    channels = 2 ** (i + 1)
+    per_step = (channels // 2) * w
+    per_step += m.n_layers * (m.kernel_size * w * 2 * w + w * w) + (m.n_layers - 1) * w * w
+    per_step += w * w + w * channels
+    macs += m.n_flows * per_step / 2 ** (i + 1)
+  return macs
+
+
+def flow_train_flops(model_config, num_sources, batch, length):
+  """FLOPs of one train step's convolutions: forward plus input and weight gradients."""
+  forward = 2.0 * flow_forward_macs_per_sample(model_config) * num_sources * batch * length
+  return 3.0 * forward
+
+
+def median_time(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def matmul_peak(size, repeats):
+  """GFLOP/s of an N x N float32 matmul in JAX and torch, and their maximum."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  flops = 2.0 * size ** 3
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax_s, _ = median_time(lambda: matmul(a, b).block_until_ready(), repeats)
+  result = {"matmul_size": size, "jax_gflops": flops / jax_s / 1e9}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    torch = None
+  if torch is not None:
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ta, tb = torch.randn(size, size), torch.randn(size, size)
+    torch_s, _ = median_time(lambda: torch.mm(ta, tb), repeats)
+    result["torch_gflops"] = flops / torch_s / 1e9
+  result["peak_gflops"] = max(v for k, v in result.items() if k.endswith("_gflops"))
+  return result
+
+
+def parse_setting(text):
+  """'5x16384:true' -> (5, 16384, True)."""
+  shape, _, remat = text.partition(":")
+  batch, _, length = shape.partition("x")
+  return int(batch), int(length), remat.strip().lower() in ("1", "true", "yes")
+
+
+def time_flow_step(batch, length, remat, repeats):
+  """Compiles and times the paper flow train step, vmapped (as training runs it) and
+  prior-sharded (`jax_steps`); FLOPs from XLA and analytically."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
+  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
+
+  config = flow_config(remat)
+  num_sources = len(config.data.source_names)
+  prior = priors.build(config.model)
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  data = np.asarray(toy.sample_sources(jax.random.key(0), batch, length, config.data))
+  host_state = jax.device_get(
+      train.create_train_state(prior, optimizer, jax.random.key(1), data))
+  analytic = flow_train_flops(config.model, num_sources, batch, length)
+  result = {"batch": batch, "length": length, "num_sources": num_sources, "remat": remat,
+            "analytic_flops": analytic}
+  builders = {"vmapped": jax_steps.vmapped_train_step}
+  if jax.device_count() >= num_sources:
+    builders["prior_sharded"] = jax_steps.prior_sharded_train_step
+  for name, build in builders.items():
+    start = time.perf_counter()
+    run, compiled = build(prior, optimizer, host_state, data)
+    compile_s = time.perf_counter() - start
+    step_s, all_s = median_time(run, repeats)
+    result[name] = {"compile_s": compile_s, "step_s": step_s, "all_step_s": all_s,
+                    "xla_flops": compiled.cost_analysis()["flops"],
+                    "achieved_gflops": analytic / step_s / 1e9}
+    del run, compiled
+  return result
+
+
+def flops_part(settings, matmul_size, repeats):
+  peak = matmul_peak(matmul_size, repeats)
+  print(f"matmul peak: {peak}", flush=True)
+  steps = []
+  for text in settings:
+    result = time_flow_step(*parse_setting(text), repeats)
+    for name in ("vmapped", "prior_sharded"):
+      if name not in result:
+        continue
+      timing = result[name]
+      timing["fraction_of_peak"] = timing["achieved_gflops"] / peak["peak_gflops"]
+      print(f"flow step {text} {name}: {timing['step_s']:.3f} s, "
+            f"{timing['achieved_gflops']:.1f} GFLOP/s = {100 * timing['fraction_of_peak']:.1f}% "
+            f"of peak (analytic {result['analytic_flops'] / 1e9:.1f} GFLOP, XLA "
+            f"{timing['xla_flops'] / 1e9:.1f})", flush=True)
+    steps.append(result)
+  return {"peak": peak, "steps": steps}
+
+
+# Memory --------------------------------------------------------------------------------
+
+
+def vm_status():
+  """{'VmHWM': bytes, 'VmRSS': bytes} of this process."""
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      key, _, value = line.partition(":")
+      if key in ("VmHWM", "VmRSS"):
+        out[key] = int(value.split()[0]) * 1024
+  return out
+
+
+def jax_memory_child(batch, length, remat, steps):
+  """Builds and runs `steps` paper flow train steps; the process's peak and XLA's
+  buffers. step_bytes: the compiled step's temporaries and arguments (its outputs alias
+  the donated state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
+  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
+  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+
+  baseline = vm_status()["VmRSS"]
+  config = flow_config(remat)
+  prior = priors.build(config.model)
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  data = toy.sample_sources(jax.random.key(0), batch, length, config.data)
+  mesh = train.make_mesh(1)
+  state = train.replicate(train.create_train_state(prior, optimizer, jax.random.key(1), data),
+                          mesh)
+  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh)
+  compiled = step.lower(state, data).compile()
+  analysis = compiled.memory_analysis()
+  for _ in range(steps):
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+  return {"baseline_bytes": baseline, "peak_bytes": vm_status()["VmHWM"],
+          "step_bytes": analysis.temp_size_in_bytes + analysis.argument_size_in_bytes,
+          "xla_temp_bytes": analysis.temp_size_in_bytes,
+          "xla_argument_bytes": analysis.argument_size_in_bytes,
+          "xla_output_bytes": analysis.output_size_in_bytes}
+
+
+def torch_memory_child(batch, length):
+  """2 steps of the torch reference (one module per prior, Adam); the process's peak."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  baseline = vm_status()["VmRSS"]
+  config = flow_config()
+  optim = config.optim
+  num_sources = len(config.data.source_names)
+  stacked = torch_reference.Stacked(
+      [torch_reference.from_config(config.model) for _ in range(num_sources)])
+  step = torch_reference.make_train_step(stacked, optim.learning_rate, optim.b1, optim.b2,
+                                         optim.eps, optim.clip_norm)
+  data = torch.randn(batch, num_sources, length).clamp(-1.0, 1.0)
+  for _ in range(2):
+    step(data)
+  peak = vm_status()["VmHWM"]
+  return {"baseline_bytes": baseline, "peak_bytes": peak, "step_bytes": peak - baseline}
+
+
+def measure_memory(framework, batch, length, remat=False, steps=2):
+  """Runs one memory setting in a fresh python: {'peak_bytes': ..., 'step_bytes': ...}.
+  steps=0 (JAX): compile only, for XLA's buffer sizes."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "memory.json")
+    command = [sys.executable, os.path.abspath(__file__), f"--child={framework}",
+               f"--child_batch={batch}", f"--child_remat={remat}", f"--child_steps={steps}",
+               f"--memory_length={length}", f"--variant={_VARIANT.value}",
+               f"--child_out={out}"]
+    subprocess.run(command, check=True, cwd=ROOT)
+    with open(out) as f:
+      result = json.load(f)
+  result.update(framework=framework, batch=batch, length=length, remat=remat, steps=steps)
+  print(f"memory {framework:5s} remat={remat!s:5s} batch {batch}: step "
+        f"{result['step_bytes'] / GIB:.2f} GiB, process peak {result['peak_bytes'] / GIB:.2f} "
+        f"GiB{' (compiled, not run)' if not steps else ''}", flush=True)
+  return result
+
+
+def largest_batch(framework, remat, length, known, budget, max_bytes):
+  """Largest batch whose step memory (`step_bytes`) stays under `budget` bytes.
+
+  known: {batch: step bytes} at batches 1 and 2. A line through them predicts the
+  answer b (exact for XLA's buffers, which grow linearly with the batch); fresh runs at
+  b and b + 1 confirm it (JAX: compiled, not run), stepping down while b does not fit.
+  Batches predicted above max_bytes are never run. Returns (batch, confirmed).
+  """
+  slope = known[2] - known[1]
+  if slope <= 0:
+    raise ValueError(f"{framework} remat={remat}: the step memory does not grow from batch "
+                     f"1 to 2 ({known[1]} -> {known[2]} bytes); no line to extrapolate.")
+  intercept = known[1] - slope
+  steps = 0 if framework == "jax" else 2
+
+  def fits(b):
+    if b not in known:
+      if intercept + slope * b > max_bytes:
+        return None
+      known[b] = measure_memory(framework, b, length, remat, steps)["step_bytes"]
+    return known[b] <= budget
+
+  best = max(0, int((budget - intercept) // slope))
+  while best > 0 and not fits(best):
+    best -= 1
+  if best == 0:
+    return 0, True
+  return best, fits(best + 1) is False
+
+
+def memory_part(batches, length, budget_gib, max_gib):
+  ways = [("jax", False), ("jax", True), ("torch", False)]
+  budget, max_bytes = budget_gib * GIB, max_gib * GIB
+  same_batch, largest = [], []
+  for framework, remat in ways:
+    known = {}
+    for batch in batches:
+      result = measure_memory(framework, batch, length, remat)
+      same_batch.append(result)
+      known[batch] = result["step_bytes"]
+    if 1 in known and 2 in known:
+      best, confirmed = largest_batch(framework, remat, length, known, budget, max_bytes)
+      largest.append({"framework": framework, "remat": remat, "length": length,
+                      "budget_gib": budget_gib, "largest_batch": best,
+                      "next_batch_checked": confirmed,
+                      "step_gib": {b: v / GIB for b, v in sorted(known.items())}})
+      print(f"largest batch under {budget_gib} GiB of step memory, {framework} remat={remat}: "
+            f"{best}{'' if confirmed else ' (the next batch was not run: over --max_gib)'}",
+            flush=True)
+  return {"same_batch": same_batch, "largest_batch": largest}
+
+
+def main(argv):
+  del argv
+  if _CHILD.value:
+    if _CHILD.value == "jax":
+      result = jax_memory_child(_CHILD_BATCH.value, _MEMORY_LENGTH.value, _CHILD_REMAT.value,
+                                _CHILD_STEPS.value)
+    elif _CHILD.value == "torch":
+      result = torch_memory_child(_CHILD_BATCH.value, _MEMORY_LENGTH.value)
+    else:
+      raise ValueError(f"--child must be 'jax' or 'torch', got {_CHILD.value!r}.")
+    with open(_CHILD_OUT.value, "w") as f:
+      json.dump(result, f)
+    return
+  unknown = [p for p in _PARTS.value if p not in ("flops", "memory")]
+  if unknown:
+    raise ValueError(f"--parts: unknown {unknown}; choose from flops, memory.")
+  results = {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "ld_preload": os.environ.get("LD_PRELOAD", "")}
+  if "flops" in _PARTS.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_num_cpu_devices", _NUM_PRIOR_DEVICES)
+    results["flops"] = flops_part(_FLOPS_SETTINGS.value, _MATMUL_SIZE.value, _REPEATS.value)
+    write_results(results)
+  if "memory" in _PARTS.value:
+    batches = [int(b) for b in _MEMORY_BATCHES.value]
+    results["memory"] = memory_part(batches, _MEMORY_LENGTH.value, _BUDGET_GIB.value,
+                                    _MAX_GIB.value)
+    write_results(results)
+
+
+def write_results(results):
+  """Writes what has been measured so far to --out (if given)."""
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+def cpu_model():
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return ""
+
+
+if __name__ == "__main__":
+  app.run(main)
