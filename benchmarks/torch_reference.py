@@ -47,7 +47,7 @@ class ResidualLayer(nn.Module):
     self.skip = nn.Conv1d(width, width, 1)
 
   def forward(self, h, last=False):
-    """last=True skips the residual branch, whose output nothing reads (XLA drops it too)."""
+    """last=True skips the residual branch, whose output nothing reads."""
     z = h
     if self.causal_pad:
       z = F.pad(z, (self.causal_pad, 0))
