@@ -206,8 +206,8 @@ def loop_separation(sampler, key, mix, references=None):
 
   sampler: a Sampler whose start, step and level_trace the caller has jitted (one compile
   each; level and step are passed as int32 arrays). Gives the same sources and trace as
-  the scan (same keys); faster for the flow on XLA:CPU, where convolutions inside a
-  compiled loop fall back to naive kernels (benchmarks/README.md).
+  the scan (same keys); for debugging and profiling single steps (on a CPU as fast as
+  the scan, benchmarks/README.md).
   """
   x, run_key = sampler.start(key, mix)
   traces = []

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
 from audiosep_jax.models import autoregressive  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/toy_wavenet.py:paper", "Experiment config, `path.py:variant`.")
@@ -39,12 +40,6 @@ _BATCH = flags.DEFINE_integer("batch", 1, "Sequences drawn at once.")
 _NAIVE_STEPS = flags.DEFINE_integer("naive_steps", 16, "Naive sampler steps timed.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of each sampler.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
-
-
-def timed(fn, *args):
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
 
 
 def main(argv):
@@ -71,8 +66,8 @@ def main(argv):
 
   cached_times, naive_times = [], []
   for _ in range(_REPEATS.value):
-    cached_times.append(timed(cached, params, key))
-    naive_times.append(timed(naive, params, key))
+    cached_times.append(common.timed(cached, params, key))
+    naive_times.append(common.timed(naive, params, key))
   cached_s = statistics.median(cached_times)
   naive_step_s = statistics.median(naive_times) / naive_steps
   naive_s = naive_step_s * length
@@ -92,8 +87,7 @@ def main(argv):
   }
   print(json.dumps(results, indent=2))
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(results, f, indent=2)
+    common.write_json(_OUT.value, results)
   if not same:
     raise SystemExit("The cached and naive samplers drew different bins.")
 

@@ -38,6 +38,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _CASES = flags.DEFINE_list("cases", None, "Cases to run (default: all of CASES).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per case (median reported).")
 _MIN_MEASURE_S = flags.DEFINE_float(
@@ -77,10 +79,6 @@ CASES = {
 }
 
 
-# CPU devices the child asks JAX for when --prior_sharded (one per toy source).
-_NUM_PRIOR_DEVICES = 4
-
-
 def get_config(case):
   from configs import toy_flow  # pylint: disable=g-import-not-at-top
   from configs import toy_wavenet  # pylint: disable=g-import-not-at-top
@@ -89,10 +87,6 @@ def get_config(case):
   if case.family == "flow":
     config.model.remat = case.remat
   return config
-
-
-def num_threads():
-  return len(os.sched_getaffinity(0))
 
 
 def timed(fn, min_seconds):
@@ -112,15 +106,9 @@ def jax_runners(case, config, batch_np, sigma, prior_sharded):
   'jax_prior_sharded': one prior per CPU device (`jax_steps.prior_sharded_*`), when JAX
   sees K devices (`child_main` asks for them)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
-  prior = priors.build(config.model)
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
-  host_state = jax.device_get(train.create_train_state(
-      prior, optimizer, jax.random.key(config.seed), jnp.asarray(batch_np)))
+  prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
   if case.kind == "train":
     builders = {"jax": lambda: jax_steps.vmapped_train_step(
                     prior, optimizer, host_state, batch_np),
@@ -158,7 +146,7 @@ def torch_runners(case, config, batch_np, host_params, sigma):
     call = torch_reference.make_score_fn(stacked,
                                          sigma if case.family == "wavenet" else None)
   runners = {}
-  for threads in sorted({1, num_threads()}):
+  for threads in sorted({1, common.num_cores()}):
     def run(threads=threads):
       torch.set_num_threads(threads)
       call(batch)
@@ -189,7 +177,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, prior_sharded):
     for runner in (order if r % 2 == 0 else order[::-1]):
       times[runner].append(timed(runners[runner], min_measure_s))
   result = {"case": name, **case._asdict(), "num_sources": num_sources,
-            "threads": num_threads(), "jax_compile_s": compile_s,
+            "threads": common.num_cores(), "jax_compile_s": compile_s,
             "samples_per_call": case.batch * num_sources * case.length}
   for runner, values in times.items():
     result[f"{runner}_s"] = statistics.median(values)
@@ -241,25 +229,24 @@ def main(argv):
   if _CHILD.value:
     import jax  # pylint: disable=g-import-not-at-top
     if _PRIOR_SHARDED.value:
-      jax.config.update("jax_num_cpu_devices", _NUM_PRIOR_DEVICES)
+      jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
     result = run_case(_CHILD.value, _ROUNDS.value, _MIN_MEASURE_S.value, _SCORE_SIGMA.value,
                       _PRIOR_SHARDED.value)
-    with open(_CHILD_OUT.value, "w") as f:
-      json.dump(result, f, indent=2)
+    common.write_json(_CHILD_OUT.value, result)
     return
   names = _CASES.value or list(CASES)
   unknown = [n for n in names if n not in CASES]
   if unknown:
     raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(CASES)}.")
-  common = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
-            f"--score_sigma={_SCORE_SIGMA.value}", f"--prior_sharded={_PRIOR_SHARDED.value}"]
+  child_flags = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
+                 f"--score_sigma={_SCORE_SIGMA.value}", f"--prior_sharded={_PRIOR_SHARDED.value}"]
   results = []
   for name in names:
-    result = run_in_subprocess(name, common)
+    result = run_in_subprocess(name, child_flags)
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
-      write_results(_OUT.value, results)
+      common.write_json(_OUT.value, {"machine": machine_info(), "results": results})
 
 
 def summary_line(result):
@@ -276,25 +263,11 @@ def summary_line(result):
   return "  ".join(parts)
 
 
-def write_results(path, results):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"machine": machine_info(), "results": results}, f, indent=2)
-
-
 def machine_info():
-  """CPU model, usable cores and library versions, for the results file."""
+  """The machine and library versions, for the results file."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  model = ""
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        model = line.split(":", 1)[1].strip()
-        break
-  return {"cpu": model, "cores": num_threads(), "jax": jax.__version__,
-          "torch": torch.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "ld_preload": os.environ.get("LD_PRELOAD", "")}
+  return {**common.machine_info(), "jax": jax.__version__, "torch": torch.__version__}
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _PARTS = flags.DEFINE_list("parts", ["flops", "memory"], "Which parts to run.")
 _VARIANT = flags.DEFINE_string("variant", "paper", "configs/toy_flow.py variant to measure.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N matmul.")
@@ -59,8 +61,6 @@ _CHILD_STEPS = flags.DEFINE_integer("child_steps", 2, "Internal: steps of the JA
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
 
 GIB = 2.0 ** 30
-# CPU devices for the prior-sharded step (one per toy source).
-_NUM_PRIOR_DEVICES = 4
 
 
 def flow_config(remat=False):
@@ -98,6 +98,14 @@ def flow_train_flops(model_config, num_sources, batch, length):
   return 3.0 * forward
 
 
+def toy_batch(config, batch, length):
+  """A toy batch [batch, K, length] of config.data's sources (numpy, key 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+  return np.asarray(toy.sample_sources(jax.random.key(0), batch, length, config.data))
+
+
 def median_time(fn, repeats):
   fn()
   times = []
@@ -123,7 +131,7 @@ def matmul_peak(size, repeats):
   except ImportError:
     torch = None
   if torch is not None:
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(common.num_cores())
     ta, tb = torch.randn(size, size), torch.randn(size, size)
     torch_s, _ = median_time(lambda: torch.mm(ta, tb), repeats)
     result["torch_gflops"] = flops / torch_s / 1e9
@@ -142,19 +150,12 @@ def time_flow_step(batch, length, remat, repeats):
   """Compiles and times the paper flow train step, vmapped (as training runs it) and
   prior-sharded (`jax_steps`); FLOPs from XLA and analytically."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
-  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   config = flow_config(remat)
   num_sources = len(config.data.source_names)
-  prior = priors.build(config.model)
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
-  data = np.asarray(toy.sample_sources(jax.random.key(0), batch, length, config.data))
-  host_state = jax.device_get(
-      train.create_train_state(prior, optimizer, jax.random.key(1), data))
+  data = toy_batch(config, batch, length)
+  prior, optimizer, host_state = jax_steps.train_inputs(config, data, seed=1)
   analytic = flow_train_flops(config.model, num_sources, batch, length)
   result = {"batch": batch, "length": length, "num_sources": num_sources, "remat": remat,
             "analytic_flops": analytic}
@@ -210,25 +211,16 @@ def jax_memory_child(batch, length, remat, steps):
   """Builds and runs `steps` paper flow train steps; the process's peak and XLA's
   buffers. step_bytes: the compiled step's temporaries and arguments (its outputs alias
   the donated state)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import priors  # pylint: disable=g-import-not-at-top
-  from audiosep_jax import train  # pylint: disable=g-import-not-at-top
-  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   baseline = vm_status()["VmRSS"]
   config = flow_config(remat)
-  prior = priors.build(config.model)
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
-  data = toy.sample_sources(jax.random.key(0), batch, length, config.data)
-  mesh = train.make_mesh(1)
-  state = train.replicate(train.create_train_state(prior, optimizer, jax.random.key(1), data),
-                          mesh)
-  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh)
-  compiled = step.lower(state, data).compile()
+  data = toy_batch(config, batch, length)
+  run, compiled = jax_steps.vmapped_train_step(
+      *jax_steps.train_inputs(config, data, seed=1), data)
   analysis = compiled.memory_analysis()
   for _ in range(steps):
-    state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
+    run()
   return {"baseline_bytes": baseline, "peak_bytes": vm_status()["VmHWM"],
           "step_bytes": analysis.temp_size_in_bytes + analysis.argument_size_in_bytes,
           "xla_temp_bytes": analysis.temp_size_in_bytes,
@@ -241,7 +233,7 @@ def torch_memory_child(batch, length):
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  torch.set_num_threads(common.num_cores())
   baseline = vm_status()["VmRSS"]
   config = flow_config()
   optim = config.optim
@@ -338,18 +330,15 @@ def main(argv):
       result = torch_memory_child(_CHILD_BATCH.value, _MEMORY_LENGTH.value)
     else:
       raise ValueError(f"--child must be 'jax' or 'torch', got {_CHILD.value!r}.")
-    with open(_CHILD_OUT.value, "w") as f:
-      json.dump(result, f)
+    common.write_json(_CHILD_OUT.value, result)
     return
   unknown = [p for p in _PARTS.value if p not in ("flops", "memory")]
   if unknown:
     raise ValueError(f"--parts: unknown {unknown}; choose from flops, memory.")
-  results = {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-             "ld_preload": os.environ.get("LD_PRELOAD", "")}
+  results = common.machine_info()
   if "flops" in _PARTS.value:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_num_cpu_devices", _NUM_PRIOR_DEVICES)
+    jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
     results["flops"] = flops_part(_FLOPS_SETTINGS.value, _MATMUL_SIZE.value, _REPEATS.value)
     write_results(results)
   if "memory" in _PARTS.value:
@@ -362,17 +351,7 @@ def main(argv):
 def write_results(results):
   """Writes what has been measured so far to --out (if given)."""
   if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-      json.dump(results, f, indent=2)
-
-
-def cpu_model():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return ""
+    common.write_json(_OUT.value, results)
 
 
 if __name__ == "__main__":

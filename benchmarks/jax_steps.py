@@ -35,6 +35,15 @@ def prior_mesh(num_priors):
   return Mesh(np.array(devices[:num_priors]), (PRIOR,))
 
 
+def train_inputs(config, batch, seed):
+  """(prior, optimizer, host train state [K, ...]) for config.model/optim, initialised on
+  batch [B, K, T] with jax.random.key(seed)."""
+  prior = priors.build(config.model)
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  state = train.create_train_state(prior, optimizer, jax.random.key(seed), jnp.asarray(batch))
+  return prior, optimizer, jax.device_get(state)
+
+
 def _state_specs(state):
   """P() for the scalar step, P('prior') for every leaf stacked over the priors."""
   return jax.tree.map(lambda v: PartitionSpec() if np.ndim(v) == 0 else PartitionSpec(PRIOR),

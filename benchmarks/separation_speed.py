@@ -28,17 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from audiosep_jax import priors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from audiosep_jax import separation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/toy_flow.py:demo", "Experiment config, `path.py:variant`.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each driver.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
-
-
-def timed(fn, *args):
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
 
 
 def main(argv):
@@ -74,8 +69,8 @@ def main(argv):
 
   scan_times, loop_times = [], []
   for _ in range(_REPEATS.value):
-    scan_times.append(timed(scan_separation, key, mix))
-    loop_times.append(timed(loop_separation, key, mix))
+    scan_times.append(common.timed(scan_separation, key, mix))
+    loop_times.append(common.timed(loop_separation, key, mix))
   audio_seconds = sep.batch_size * sep.mix_length / config.data.sample_rate
   scan_median, loop_median = statistics.median(scan_times), statistics.median(loop_times)
   result = {
@@ -103,8 +98,7 @@ def main(argv):
   if not np.isfinite(max_diff) or max_diff > 1e-3 * max(scale, 1.0):
     raise RuntimeError(f"The scan and the loop disagree by {max_diff} (outputs up to {scale}).")
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(result, f, indent=2)
+    common.write_json(_OUT.value, result)
 
 
 if __name__ == "__main__":
