@@ -146,15 +146,15 @@ def pad_rows(x, multiple):
 
 def shard_rows(x, mesh):
   """Host batch x [B, ...], the same on every process -> (global array [B', ...] with its
-  rows split over the `data` axis of `mesh`, B). B' pads B to a multiple of mesh.size."""
-  padded, count = pad_rows(x, mesh.size)
+  rows split over the `data` axis of `mesh`, B). B' pads B to a multiple of that axis."""
+  padded, count = pad_rows(x, mesh.shape["data"])
   sharding = NamedSharding(mesh, PartitionSpec("data"))
   array = jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
   return array, count
 
 
 def map_rows(fn, mesh, num_batched=1, out_axes=0):
-  """fn(*replicated, *batched) computed with the batch split over every device of mesh.
+  """fn(*replicated, *batched) computed with the batch split over the `data` axis of mesh.
 
   The last `num_batched` arguments are host batches [B, ...] with one B (the same on every
   process); the others (params, keys, scalars: host values, or arrays on `mesh` such as

@@ -3,8 +3,10 @@
 One compiled step trains all K priors: the per-source update (loss, gradient, clipping,
 Adam, non-finite guard) is written for one prior and `jax.vmap`-ed over the stacked
 params [K, ...], so the priors stay independent (each its own gradient clipping and
-optimizer state). The step is jitted over a one-axis `data` mesh with `NamedSharding`:
-batch sharded, state replicated; the same code runs on one device and on many.
+optimizer state). The step is jitted over a ('data', 'prior') mesh with `NamedSharding`:
+the batch's rows split over `data`, the K priors (their state and the batch's source
+axis) over `prior`, and XLA partitions the vmapped step accordingly; the same code runs
+on one device and on many.
 """
 import itertools
 import json
@@ -25,6 +27,9 @@ from audiosep_jax import distributed
 from audiosep_jax import metric_writer
 from audiosep_jax import priors
 from audiosep_jax.data import pipeline
+
+DATA_AXIS = pipeline.DATA_AXIS
+PRIOR_AXIS = pipeline.PRIOR_AXIS
 
 
 class TrainState(struct.PyTreeNode):
@@ -126,39 +131,69 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
   return step
 
 
-def make_mesh(num_devices=0):
-  """A one-axis `data` mesh over num_devices devices (0: all of them), process by process,
-  so that each process holds one contiguous block of every batch (`pipeline.process_slice`);
-  with several processes, num_devices / process_count devices of each."""
+def make_mesh(num_devices=0, prior_devices=1):
+  """A ('data', 'prior') mesh over num_devices devices (0: all of them), process by process.
+
+  The batch's rows are split over `data`; the K priors (params, optimizer state and the
+  batch's source axis) over the prior_devices devices of `prior`, which lie in one process
+  so that each process holds one contiguous block of every batch's rows, all K sources
+  (`pipeline.process_slice`). prior_devices=1 is plain data parallelism.
+  """
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  count = jax.process_count()
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"config.training.num_devices={num_devices}, but jax sees only "
                        f"{len(devices)} devices.")
-    count = jax.process_count()
     if num_devices % count:
       raise ValueError(f"config.training.num_devices={num_devices} must be a multiple of "
                        f"the {count} processes.")
     by_process = [[d for d in devices if d.process_index == p] for p in range(count)]
     devices = [d for local in by_process for d in local[:num_devices // count]]
-  return Mesh(np.array(devices), ("data",))
+  per_process = len(devices) // count
+  if prior_devices < 1 or per_process % prior_devices:
+    raise ValueError(f"config.training.prior_devices={prior_devices} must be a positive "
+                     f"divisor of the {per_process} devices each process uses "
+                     f"({len(devices)} devices, {count} processes).")
+  return Mesh(np.array(devices).reshape(-1, prior_devices), (DATA_AXIS, PRIOR_AXIS))
 
 
-def compile_train_step(step, mesh):
-  """jit over the mesh: state replicated (and donated), batch split on axis 0."""
+def make_train_mesh(config):
+  """The training mesh of config.training.num_devices and prior_devices, checked against
+  the K sources and the batch size."""
+  training = config.training
+  num_sources = len(config.data.source_names)
+  if training.prior_devices < 1 or num_sources % training.prior_devices:
+    raise ValueError(f"config.training.prior_devices={training.prior_devices} must divide "
+                     f"the {num_sources} sources of config.data.source_names.")
+  mesh = make_mesh(training.num_devices, training.prior_devices)
+  data_devices = mesh.shape[DATA_AXIS]
+  if training.batch_size % data_devices:
+    raise ValueError(f"config.training.batch_size={training.batch_size} must be divisible by "
+                     f"the {data_devices} devices of the data mesh axis.")
+  return mesh
+
+
+def state_shardings(state, mesh):
+  """NamedSharding per leaf of a (possibly abstract) TrainState: the leaves stacked over
+  the priors [K, ...] split over `prior`, the scalar step replicated."""
+  return jax.tree.map(
+      lambda leaf: NamedSharding(
+          mesh, PartitionSpec() if np.ndim(leaf) == 0 else PartitionSpec(PRIOR_AXIS)), state)
+
+
+def place_state(state, mesh):
+  """The state on `mesh`, laid out as `state_shardings` says."""
+  return jax.device_put(state, state_shardings(state, mesh))
+
+
+def compile_train_step(step, mesh, state):
+  """jit over the mesh: state (donated) split over `prior`, batch [B, K, T] over `data`
+  and `prior`, metrics replicated. state: the state, or its shapes, that step will get."""
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(step, in_shardings=(replicated, pipeline.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
-
-
-def replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-def check_batch_size(batch_size, mesh):
-  if batch_size % mesh.size:
-    raise ValueError(f"config.training.batch_size={batch_size} must be divisible by the "
-                     f"{mesh.size} devices of the data mesh.")
+  state_sharding = state_shardings(state, mesh)
+  return jax.jit(step, in_shardings=(state_sharding, pipeline.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 # Checkpoints ---------------------------------------------------------------------------
@@ -223,9 +258,15 @@ def restore_state(manager, step, abstract_state):
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def all_finite(tree):
-  return bool(jax.tree.reduce(lambda a, b: a & b,
-                              jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree)))
+  """One compiled reduction: on XLA:CPU, a train mesh of more devices than cores can hang
+  in a burst of small eager cross-device reductions (one per leaf)."""
+  return bool(_all_finite(tree))
 
 
 def save_state(manager, state):
@@ -253,7 +294,8 @@ def write_config(config, workdir):
 
 def make_eval_fn(prior, mesh):
   """params [K, ...], host x [B, K, T] -> log p per example and source [B, K] (nats, numpy),
-  the examples split over every device of `mesh`."""
+  the examples split over the `data` axis of `mesh` (in training, the K priors stay where
+  the training mesh keeps them)."""
   return distributed.map_rows(
       lambda params, x: jnp.sum(priors.stacked_log_prob(prior, params, x), axis=2), mesh)
 
@@ -270,12 +312,12 @@ def evaluate(eval_fn, params, test_data, batch_size):
 
 
 def _abstract_state(prior, optimizer, key, batch_shape, mesh):
-  """The state's shapes, replicated on `mesh` (the restore target on every process)."""
+  """The state's shapes, laid out on `mesh` (the restore target on every process)."""
   dummy = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
   shapes = jax.eval_shape(lambda x: create_train_state(prior, optimizer, key, x), dummy)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      shapes)
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      shapes, state_shardings(shapes, mesh))
 
 
 def _format_seconds(seconds):
@@ -293,8 +335,7 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   prior = priors.build(config.model)
   num_steps = config.training.num_steps if sigma == 0.0 else config.finetune.num_steps
   optimizer = make_optimizer(config.optim, num_steps)
-  mesh = make_mesh(config.training.num_devices)
-  check_batch_size(config.training.batch_size, mesh)
+  mesh = make_train_mesh(config)
   write_config(config, workdir)
   base_key = jax.random.key(config.seed)
   init_key, noise_key, sample_key = (jax.random.fold_in(base_key, i) for i in range(3))
@@ -305,27 +346,28 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
                  config.data.crop_length)
   start_step = manager.latest_step() or 0
   batches = pipeline.train_batches(config, start_step, mesh, stream)
+  abstract_state = _abstract_state(prior, optimizer, init_key, batch_shape, mesh)
   if manager.latest_step() is not None:
-    state = restore_state(manager, start_step,
-                          _abstract_state(prior, optimizer, init_key, batch_shape, mesh))
+    state = restore_state(manager, start_step, abstract_state)
     logging.info("Resumed %s at step %d from %s", family, start_step, directory)
   else:
     first_batch = next(batches)  # ActNorm's init batch, then step 0's batch.
     batches = itertools.chain([first_batch], batches)
     init_state = jax.jit(
         lambda batch, params: create_train_state(prior, optimizer, init_key, batch, params),
-        out_shardings=NamedSharding(mesh, PartitionSpec()))
+        out_shardings=state_shardings(abstract_state, mesh))
     state = init_state(first_batch, init_params)
-  state = replicate(state, mesh)
   noise = Noise(sigma, config.finetune.legacy_noise)
-  train_step = compile_train_step(make_train_step(prior, optimizer, noise, noise_key), mesh)
+  train_step = compile_train_step(make_train_step(prior, optimizer, noise, noise_key), mesh,
+                                  abstract_state)
   schedule = learning_rate_schedule(config.optim, num_steps)
 
   names = tuple(config.data.source_names)
   test_data = pipeline.test_set(config)
   eval_fn = make_eval_fn(prior, mesh)
   sample_fn = jax.jit(lambda params, key: priors.stacked_sample(
-      prior, params, key, config.training.num_audio_samples, config.data.test_length))
+      prior, params, key, config.training.num_audio_samples, config.data.test_length),
+      out_shardings=NamedSharding(mesh, PartitionSpec()))
   writer = metric_writer.MetricWriter(
       os.path.join(workdir, "tb", family, level_name(sigma)))
   if start_step == 0:
@@ -391,7 +433,9 @@ def finetune(config, workdir):
 
 
 def load_params(config, workdir, sigma):
-  """The params [K, ...] of the latest checkpoint of one level."""
+  """The params [K, ...] of the latest checkpoint of one level, replicated on the data mesh
+  of config.training.num_devices (what evaluation, diagnostics and separation split their
+  rows over)."""
   prior = priors.build(config.model)
   family = config.model.family
   directory = checkpoint_dir(workdir, family, sigma)
@@ -420,7 +464,7 @@ def evaluate_checkpoint(config, workdir, sigma=0.0):
   """Test nats/sample per source of the latest checkpoint: {source: value}."""
   prior = priors.build(config.model)
   params = load_params(config, workdir, sigma)
-  eval_fn = make_eval_fn(prior, make_mesh(config.training.num_devices))
+  eval_fn = make_eval_fn(prior, mesh)
   test_ll = evaluate(eval_fn, params, pipeline.test_set(config),
                      config.training.eval_batch_size)
   result = {n: float(v) for n, v in zip(config.data.source_names, test_ll)}

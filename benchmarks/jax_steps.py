@@ -2,12 +2,14 @@
 
 Two ways to run the same pure functions over K stacked priors:
 
-  vmapped        as training runs them: `train.make_train_step` compiled by
-                 `train.compile_train_step` on a one-device `data` mesh, the K priors
-                 `jax.vmap`-ed (their matmuls batched over K);
-  prior_sharded  the same step function (or score) inside `jax.shard_map` over a `prior`
-                 mesh axis of K devices, one prior per device (on a CPU: jax_num_cpu_devices
-                 >= K, set before JAX starts): K independent programs that XLA:CPU runs
+  vmapped        `train.make_train_step` compiled by `train.compile_train_step` on one
+                 device (training.prior_devices=1), the K priors `jax.vmap`-ed (their
+                 matmuls batched over K);
+  prior_sharded  one prior per device of a `prior` mesh axis of K devices (on a CPU:
+                 jax_num_cpu_devices >= K, set before JAX starts): for a train step,
+                 exactly what `--mode=train` compiles with training.prior_devices=K (XLA
+                 partitions the vmapped step over K, no collectives); for a score, the
+                 score inside `jax.shard_map`. K independent programs that XLA:CPU runs
                  concurrently.
 
 Each builder returns (run, compiled): run() does one call and waits for it (a train step
@@ -44,12 +46,6 @@ def train_inputs(config, batch, seed):
   return prior, optimizer, jax.device_get(state)
 
 
-def _state_specs(state):
-  """P() for the scalar step, P('prior') for every leaf stacked over the priors."""
-  return jax.tree.map(lambda v: PartitionSpec() if np.ndim(v) == 0 else PartitionSpec(PRIOR),
-                      state)
-
-
 def _place(tree, mesh, specs):
   return jax.device_put(tree, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
 
@@ -64,28 +60,28 @@ def _stepper(compiled, state, batch):
   return run
 
 
-def vmapped_train_step(prior, optimizer, host_state, batch):
-  """The project's train step as training compiles it; batch [B, K, T] numpy."""
-  mesh = train.make_mesh(1)
-  state = train.replicate(host_state, mesh)
+def _train_step(prior, optimizer, host_state, batch, prior_devices):
+  """The project's train step as `--mode=train` compiles it on one data device and
+  prior_devices devices of the `prior` axis; batch [B, K, T] numpy."""
+  if len(jax.devices()) < prior_devices:
+    raise ValueError(f"{prior_devices} prior devices wanted, JAX sees {len(jax.devices())}; "
+                     f"on a CPU set jax_num_cpu_devices={prior_devices} before JAX starts.")
+  mesh = train.make_mesh(prior_devices, prior_devices)
+  state = train.place_state(host_state, mesh)
   batch = jax.device_put(batch, pipeline.batch_sharding(mesh))
-  compiled = train.compile_train_step(train.make_train_step(prior, optimizer), mesh).lower(
-      state, batch).compile()
+  compiled = train.compile_train_step(train.make_train_step(prior, optimizer), mesh,
+                                      state).lower(state, batch).compile()
   return _stepper(compiled, state, batch), compiled
+
+
+def vmapped_train_step(prior, optimizer, host_state, batch):
+  """The train step on one device, the K priors vmapped (training.prior_devices=1)."""
+  return _train_step(prior, optimizer, host_state, batch, 1)
 
 
 def prior_sharded_train_step(prior, optimizer, host_state, batch):
-  """The same step function, one prior per device of a `prior` mesh."""
-  mesh = prior_mesh(batch.shape[1])
-  specs = _state_specs(host_state)
-  per_source = PartitionSpec(None, PRIOR)
-  step = jax.shard_map(train.make_train_step(prior, optimizer), mesh=mesh,
-                       in_specs=(specs, per_source), out_specs=(specs, PartitionSpec(PRIOR)),
-                       check_vma=False)
-  state = _place(host_state, mesh, specs)
-  batch = jax.device_put(batch, NamedSharding(mesh, per_source))
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  return _stepper(compiled, state, batch), compiled
+  """The same step, one prior per device (training.prior_devices=K)."""
+  return _train_step(prior, optimizer, host_state, batch, batch.shape[1])
 
 
 def _total_log_prob(prior, sigma):
@@ -101,7 +97,7 @@ def _caller(compiled, *args):
 def vmapped_score(prior, host_params, x, sigma):
   """The Langevin inner step's model work: (sum log p, d/dx) of x [B, K, T], vmapped."""
   mesh = train.make_mesh(1)
-  params = train.replicate(host_params, mesh)
+  params = jax.device_put(host_params, NamedSharding(mesh, PartitionSpec()))
   x = jax.device_put(x, pipeline.batch_sharding(mesh))
   score = jax.jit(jax.value_and_grad(_total_log_prob(prior, sigma), argnums=1))
   compiled = score.lower(params, x).compile()

@@ -62,8 +62,13 @@ def get_default_config():
   config.training.max_checkpoints = 2
   config.training.eval_batch_size = 16
   config.training.num_audio_samples = 1
-  # Number of devices on the `data` mesh; 0 means every device jax sees.
+  # Devices of the ('data', 'prior') training mesh; 0 means every device jax sees.
   config.training.num_devices = 0
+  # Devices of the `prior` axis (a divisor of K and of each process's devices): each
+  # trains K / prior_devices of the priors; the rest of the devices split the batch.
+  # On a CPU host, JAX_NUM_CPU_DEVICES=K with prior_devices=K runs the priors
+  # concurrently (benchmarks/README.md).
+  config.training.prior_devices = 1
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-4

@@ -54,7 +54,7 @@ def main(argv):
            total=trace["total"], local_rows=np.array(local_rows), count=count,
            padded=sharded.shape[0], process_count=jax.process_count(),
            device_count=jax.device_count(), source=cluster.source,
-           mesh_processes=np.array([d.process_index for d in mesh.devices]))
+           mesh_processes=np.array([d.process_index for d in mesh.devices.flat]))
   distributed.sync("multiprocess_worker_done")
 
 

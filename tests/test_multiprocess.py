@@ -1,5 +1,5 @@
 """Multi-process runs: who joins a run, batches split over devices, and 2 processes x 2
-CPU devices training exactly like 1 process x 4 devices.
+CPU devices (data parallel) training exactly like 1 process x 4 devices (2 data x 2 prior).
 
 The multi-process runs start real processes on this machine: JAX's distributed runtime
 with the coordinator on a free loopback port and gloo CPU collectives, configured through
@@ -226,9 +226,20 @@ class RowsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "num_devices=99"):
       train.make_mesh(99)
 
+  def test_prior_devices_must_divide_the_sources_and_the_devices(self):
+    config = train_config()
+    config.training.prior_devices = 3
+    with self.assertRaisesRegex(ValueError, "prior_devices=3 must divide the 4 sources"):
+      train.make_train_mesh(config)
+    config.training.prior_devices = 2
+    with self.assertRaisesRegex(ValueError, "prior_devices=2 must be a positive divisor of "
+                                "the 1 devices"):
+      train.make_train_mesh(config)
+
 
 class MultiProcessTest(absltest.TestCase):
-  """2 processes x 2 devices against 1 process x 4 devices, all started at once."""
+  """2 processes x 2 devices, data parallel, against 1 process x 4 devices on a 2 x 2
+  ('data', 'prior') mesh, all started at once."""
 
   @classmethod
   def setUpClass(cls):
@@ -249,7 +260,8 @@ class MultiProcessTest(absltest.TestCase):
                    process_env(2, train_address, 2, i))
         runs.start(f"rows_two_{i}", rows_command + [cls.rows_out["two"]],
                    process_env(2, rows_address, 2, i))
-      runs.start("train_one", train_command + [f"--workdir={cls.dirs['one']}"],
+      runs.start("train_one", train_command + [f"--workdir={cls.dirs['one']}",
+                                               "--config.training.prior_devices=2"],
                  process_env(4))
       runs.start("rows_one", rows_command + [cls.rows_out["one"]], process_env(4))
     except BaseException:

@@ -190,36 +190,46 @@ prior = priors.build(config.model)
 optimizer = train.make_optimizer(config.optim, 10)
 batch = toy.sample_sources(jax.random.key(0), 4, 256, config.data)
 results = []
-for num_devices in (1, 4):
-  mesh = train.make_mesh(num_devices)
-  state = train.replicate(
+# (devices, of them on the prior axis): one device, data parallel, one prior per device,
+# and 2 x 2.
+meshes = ((1, 1), (4, 1), (4, 4), (4, 2))
+for num_devices, prior_devices in meshes:
+  mesh = train.make_mesh(num_devices, prior_devices)
+  state = train.place_state(
       train.create_train_state(prior, optimizer, jax.random.key(1), batch), mesh)
-  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh)
+  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh, state)
   sharded = jax.device_put(batch, train.pipeline.batch_sharding(mesh))
   assert len(sharded.sharding.device_set) == num_devices
   state, metrics = step(state, sharded)
+  # Each device holds K / prior_devices priors' params and optimizer state.
+  for leaf in jax.tree.leaves((state.params, state.opt_state)):
+    assert leaf.addressable_shards[0].data.shape[0] == 4 // prior_devices, leaf.shape
   one_step = jax.tree.leaves(jax.device_get(state.params))
   state, _ = step(state, sharded)
   results.append((one_step, jax.tree.leaves(jax.device_get(state.params)),
                   jax.device_get(metrics)))
-for index, name in ((0, "one step"), (1, "two steps")):
-  worst = max(float(np.max(np.abs(a - b))) for a, b in zip(results[0][index], results[1][index]))
-  print(name, "max abs param difference", worst)
-  assert worst < 1e-6, (name, worst)
-for name in ("loss", "grad_norm"):
-  np.testing.assert_allclose(results[0][2][name], results[1][2][name], rtol=1e-5)
+# float32 roundoff: one prior per device runs differently tiled matmuls than K batched ones
+# (measured 1.2e-6 after two steps of lr 3e-3).
+PARAMS_ATOL = 5e-6
+for mesh_shape, result in zip(meshes[1:], results[1:]):
+  for index, name in ((0, "one step"), (1, "two steps")):
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(results[0][index], result[index]))
+    print(mesh_shape, name, "max abs param difference", worst)
+    assert worst < PARAMS_ATOL, (mesh_shape, name, worst)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(results[0][2][name], result[2][name], rtol=1e-5)
 """
 
 
 class ShardingTest(absltest.TestCase):
 
-  def test_one_device_equals_four_devices(self):
+  def test_one_device_equals_data_and_prior_sharded_meshes(self):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(root=ROOT)],
                             env=env, capture_output=True, text=True, timeout=300)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertIn("two steps max abs param difference", result.stdout)
+    self.assertIn("(4, 2) two steps max abs param difference", result.stdout)
 
 
 class CommandLineTest(absltest.TestCase):

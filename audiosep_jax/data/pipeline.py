@@ -14,6 +14,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from audiosep_jax.data import toy
 
 DATASETS = ("toy", "stems")
+# Mesh axes: the batch's rows (examples) and its sources (one prior each).
+DATA_AXIS = "data"
+PRIOR_AXIS = "prior"
 # Streams per seed for host-side data: seed and stream combine into one integer seed.
 MAX_STREAMS = 1000
 
@@ -25,8 +28,11 @@ def _check_name(data_config):
 
 
 def batch_sharding(mesh):
-  """Batch axis 0 split over the `data` mesh axis."""
-  return NamedSharding(mesh, PartitionSpec("data"))
+  """A batch [B, K, T] with its rows split over the `data` mesh axis and its sources over
+  `prior` (when the mesh has one)."""
+  if PRIOR_AXIS in mesh.axis_names:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS, PRIOR_AXIS))
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def train_batches(config, start_step, mesh, stream=0):
