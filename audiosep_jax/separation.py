@@ -31,12 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from audiosep_jax import distributed
 from audiosep_jax import metrics
 from audiosep_jax import priors
+from audiosep_jax.data import pipeline
 from audiosep_jax.data import toy
 
+PRIOR_AXIS = pipeline.PRIOR_AXIS
 INITS = ("noise", "mix")
 DRIVERS = ("scan", "loop")
 
@@ -474,11 +477,14 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
   """fn(key, mix [B, T], references or None) -> (sources, trace) for the stacked
   [L, K, ...] params, compiled as config.separation.driver says; the params are passed to
   the compiled functions as arguments, not baked in as constants. The scan driver splits
-  the mixes over every device of `mesh` (default: every device, all processes)."""
+  the mixes over the `data` axis of `mesh` and the K priors, with their sources, over its
+  `prior` axis (default: `train.mesh_from_config`, config.training.num_devices and
+  prior_devices); XLA partitions the vmapped score over K, and the mixing constraint's sum
+  over the sources is the one cross-device reduction of a step."""
   settings, weights = _settings_and_weights(config)
   if mesh is None:
     from audiosep_jax import train  # pylint: disable=g-import-not-at-top
-    mesh = train.make_mesh(config.training.num_devices)
+    mesh = train.mesh_from_config(config)
 
   def make_sampler(params):
     return get_sampler(make_score_fn(prior, params, sigmas), sigmas, weights, settings)
@@ -494,10 +500,14 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
     without_references = distributed.map_rows(separation, mesh, num_batched=1,
                                               out_axes=(0, trace_axes))
 
+    per_prior = PartitionSpec(None, PRIOR_AXIS) if PRIOR_AXIS in mesh.axis_names else (
+        PartitionSpec())
+    params_on_mesh = jax.device_put(stacked_params, NamedSharding(mesh, per_prior))
+
     def separate_batch(key, mix, references):
       if references is None:
-        return without_references(stacked_params, key, mix)
-      return with_references(stacked_params, key, mix, references)
+        return without_references(params_on_mesh, key, mix)
+      return with_references(params_on_mesh, key, mix, references)
 
     return separate_batch
   sampler = make_sampler(stacked_params)
@@ -520,8 +530,7 @@ def run(config, workdir, input_path=None):
   sigmas = level_sigmas(config)
   prior = priors.build(config.model)
   params = train.load_level_params(config, workdir, sigmas)
-  mesh = train.make_mesh(config.training.num_devices)
-  separate_batch = batch_separator(config, prior, params, sigmas, mesh)
+  separate_batch = batch_separator(config, prior, params, sigmas)
   out_dir = os.path.join(workdir, "separations", family)
   os.makedirs(out_dir, exist_ok=True)
   key = jax.random.key(config.seed)

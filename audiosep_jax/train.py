@@ -158,15 +158,21 @@ def make_mesh(num_devices=0, prior_devices=1):
   return Mesh(np.array(devices).reshape(-1, prior_devices), (DATA_AXIS, PRIOR_AXIS))
 
 
-def make_train_mesh(config):
-  """The training mesh of config.training.num_devices and prior_devices, checked against
-  the K sources and the batch size."""
+def mesh_from_config(config):
+  """The mesh of config.training.num_devices and prior_devices (training and separation),
+  checked against the K sources."""
   training = config.training
   num_sources = len(config.data.source_names)
   if training.prior_devices < 1 or num_sources % training.prior_devices:
     raise ValueError(f"config.training.prior_devices={training.prior_devices} must divide "
                      f"the {num_sources} sources of config.data.source_names.")
-  mesh = make_mesh(training.num_devices, training.prior_devices)
+  return make_mesh(training.num_devices, training.prior_devices)
+
+
+def make_train_mesh(config):
+  """`mesh_from_config`, checked against the batch size."""
+  training = config.training
+  mesh = mesh_from_config(config)
   data_devices = mesh.shape[DATA_AXIS]
   if training.batch_size % data_devices:
     raise ValueError(f"config.training.batch_size={training.batch_size} must be divisible by "

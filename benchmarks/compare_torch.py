@@ -11,8 +11,9 @@ same batch of toy data and the same number of threads (every core this process m
 
 JAX: the project's own code (`jax_steps`): `train.make_train_step` compiled by
 `train.compile_train_step` (donated state), and `jax.value_and_grad` of
-`priors.stacked_level_log_prob`, jitted; also both with one prior per CPU device. PyTorch: `torch_reference` (one module per
-source, Adam foreach), eager.
+`priors.stacked_level_log_prob`, jitted; each on one device (training.prior_devices=1)
+and with one prior per CPU device (training.prior_devices=4). PyTorch: `torch_reference`
+(one module per source, Adam foreach), eager.
 
 Every case runs in a fresh subprocess (no state carried between cases): warm-up (JAX
 compile, then 2 calls of each), then `--rounds` rounds that time one measurement of each
@@ -102,9 +103,9 @@ def timed(fn, min_seconds):
 
 def jax_runners(case, config, batch_np, sigma, prior_sharded):
   """{name: one call of the JAX work}, compile seconds per name, and the JAX params
-  [K, ...] on the host. 'jax': as training runs it (`jax_steps.vmapped_*`);
-  'jax_prior_sharded': one prior per CPU device (`jax_steps.prior_sharded_*`), when JAX
-  sees K devices (`child_main` asks for them)."""
+  [K, ...] on the host. 'jax': on one device, the priors vmapped (`jax_steps.vmapped_*`);
+  'jax_prior_sharded': one prior per CPU device (`jax_steps.prior_sharded_*`, what
+  training.prior_devices=K runs), when JAX sees K devices (`child_main` asks for them)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 

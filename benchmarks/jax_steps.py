@@ -9,8 +9,8 @@ Two ways to run the same pure functions over K stacked priors:
                  jax_num_cpu_devices >= K, set before JAX starts): for a train step,
                  exactly what `--mode=train` compiles with training.prior_devices=K (XLA
                  partitions the vmapped step over K, no collectives); for a score, the
-                 score inside `jax.shard_map`. K independent programs that XLA:CPU runs
-                 concurrently.
+                 layout of `--mode=separate` with training.prior_devices=K. K programs
+                 that XLA:CPU runs concurrently.
 
 Each builder returns (run, compiled): run() does one call and waits for it (a train step
 carries its donated state from call to call); compiled is the XLA executable
@@ -18,23 +18,11 @@ carries its donated state from call to call); compiled is the XLA executable
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from audiosep_jax import priors
 from audiosep_jax import train
 from audiosep_jax.data import pipeline
-
-PRIOR = "prior"
-
-
-def prior_mesh(num_priors):
-  """A one-axis `prior` mesh over the first num_priors devices."""
-  devices = jax.devices()
-  if len(devices) < num_priors:
-    raise ValueError(f"A prior mesh needs {num_priors} devices, JAX sees {len(devices)}; on "
-                     f"a CPU set jax_num_cpu_devices={num_priors} before JAX starts.")
-  return Mesh(np.array(devices[:num_priors]), (PRIOR,))
 
 
 def train_inputs(config, batch, seed):
@@ -44,10 +32,6 @@ def train_inputs(config, batch, seed):
   optimizer = train.make_optimizer(config.optim, config.training.num_steps)
   state = train.create_train_state(prior, optimizer, jax.random.key(seed), jnp.asarray(batch))
   return prior, optimizer, jax.device_get(state)
-
-
-def _place(tree, mesh, specs):
-  return jax.device_put(tree, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
 
 
 def _stepper(compiled, state, batch):
@@ -60,13 +44,18 @@ def _stepper(compiled, state, batch):
   return run
 
 
-def _train_step(prior, optimizer, host_state, batch, prior_devices):
-  """The project's train step as `--mode=train` compiles it on one data device and
-  prior_devices devices of the `prior` axis; batch [B, K, T] numpy."""
+def _prior_mesh(prior_devices):
+  """The training mesh of one data device and prior_devices devices of `prior`."""
   if len(jax.devices()) < prior_devices:
     raise ValueError(f"{prior_devices} prior devices wanted, JAX sees {len(jax.devices())}; "
                      f"on a CPU set jax_num_cpu_devices={prior_devices} before JAX starts.")
-  mesh = train.make_mesh(prior_devices, prior_devices)
+  return train.make_mesh(prior_devices, prior_devices)
+
+
+def _train_step(prior, optimizer, host_state, batch, prior_devices):
+  """The project's train step as `--mode=train` compiles it on one data device and
+  prior_devices devices of the `prior` axis; batch [B, K, T] numpy."""
+  mesh = _prior_mesh(prior_devices)
   state = train.place_state(host_state, mesh)
   batch = jax.device_put(batch, pipeline.batch_sharding(mesh))
   compiled = train.compile_train_step(train.make_train_step(prior, optimizer), mesh,
@@ -94,29 +83,23 @@ def _caller(compiled, *args):
   return lambda: jax.block_until_ready(compiled(*args))
 
 
-def vmapped_score(prior, host_params, x, sigma):
-  """The Langevin inner step's model work: (sum log p, d/dx) of x [B, K, T], vmapped."""
-  mesh = train.make_mesh(1)
-  params = jax.device_put(host_params, NamedSharding(mesh, PartitionSpec()))
+def _score(prior, host_params, x, sigma, prior_devices):
+  """The Langevin inner step's model work, (sum log p, d/dx) of x [B, K, T], jitted with
+  params and x split over the `prior` axis of prior_devices devices (as `--mode=separate`
+  lays out its score; the sum over the priors is its one cross-device reduction)."""
+  mesh = _prior_mesh(prior_devices)
+  params = jax.device_put(host_params, NamedSharding(mesh, PartitionSpec(train.PRIOR_AXIS)))
   x = jax.device_put(x, pipeline.batch_sharding(mesh))
   score = jax.jit(jax.value_and_grad(_total_log_prob(prior, sigma), argnums=1))
   compiled = score.lower(params, x).compile()
   return _caller(compiled, params, x), compiled
 
 
+def vmapped_score(prior, host_params, x, sigma):
+  """The score on one device, the K priors vmapped."""
+  return _score(prior, host_params, x, sigma, 1)
+
+
 def prior_sharded_score(prior, host_params, x, sigma):
-  """The same score, one prior per device; the total summed over the `prior` axis."""
-  mesh = prior_mesh(x.shape[1])
-  total = _total_log_prob(prior, sigma)
-
-  def local(params, v):
-    value, grad = jax.value_and_grad(total, argnums=1)(params, v)
-    return jax.lax.psum(value, PRIOR), grad
-
-  per_source = PartitionSpec(None, PRIOR)
-  score = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(PRIOR), per_source),
-                        out_specs=(PartitionSpec(), per_source))
-  params = _place(host_params, mesh, jax.tree.map(lambda _: PartitionSpec(PRIOR), host_params))
-  x = jax.device_put(x, NamedSharding(mesh, per_source))
-  compiled = jax.jit(score).lower(params, x).compile()
-  return _caller(compiled, params, x), compiled
+  """The same score, one prior per device."""
+  return _score(prior, host_params, x, sigma, x.shape[1])

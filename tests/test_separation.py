@@ -2,6 +2,8 @@
 call, determinism, flow scores, chunked overlap-add and --mode=separate's outputs."""
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -267,6 +269,48 @@ class FlowScoreTest(absltest.TestCase):
     np.testing.assert_allclose(outputs["loop"][0], outputs["scan"][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs["loop"][1]["si_sdr"], outputs["scan"][1]["si_sdr"],
                                atol=1e-3)
+
+
+MESH_SCRIPT = r"""
+import sys
+sys.path.insert(0, {root!r})
+import jax, jax.numpy as jnp, numpy as np
+from audiosep_jax import priors, separation, train
+from audiosep_jax.data import toy
+from configs import toy_flow
+assert len(jax.devices()) == 4, jax.devices()
+config = toy_flow.get_config("test")
+config.separation.steps_per_level = 3
+prior = priors.build(config.model)
+x = toy.sample_sources(jax.random.key(0), 4, 128, config.data)
+init = jax.jit(lambda key, batch: priors.stack_init(prior, key, batch))
+stacked = jax.tree.map(lambda *p: jnp.stack(p), *[init(jax.random.key(i), x) for i in range(2)])
+mix = toy.mix(x, toy.mix_weights(4, config.data))
+outputs = []
+# (devices, of them on the prior axis): one device, one prior per device, 2 x 2, 4 x 1.
+meshes = ((1, 1), (4, 4), (4, 2), (4, 1))
+for num_devices, prior_devices in meshes:
+  mesh = train.make_mesh(num_devices, prior_devices)
+  separate_batch = separation.batch_separator(config, prior, stacked, (0.1, 0.01), mesh)
+  outputs.append(separate_batch(jax.random.key(5), mix, x))
+for mesh_shape, (sources, trace) in zip(meshes[1:], outputs[1:]):
+  worst = float(np.max(np.abs(sources - outputs[0][0])))
+  print(mesh_shape, "max abs source difference", worst)
+  np.testing.assert_allclose(sources, outputs[0][0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(trace["si_sdr"], outputs[0][1]["si_sdr"], atol=1e-3)
+"""
+
+
+class MeshTest(absltest.TestCase):
+
+  def test_one_device_equals_prior_and_data_sharded_meshes(self):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(root=root)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn("(4, 1) max abs source difference", result.stdout)
 
 
 class ChunkingTest(absltest.TestCase):
