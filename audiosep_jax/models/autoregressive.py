@@ -88,9 +88,8 @@ def bin_index(x, num_bins, quantization, mu):
 
 
 class Bins(NamedTuple):
-  """Per-bin constants, each [num_bins] float32."""
-  lower: jax.Array
-  upper: jax.Array
+  """Per-bin constants, float32: edges [num_bins + 1], the others [num_bins]."""
+  edges: jax.Array
   centre: jax.Array  # midpoint in the waveform
   log_width: jax.Array
 
@@ -99,24 +98,37 @@ def make_bins(num_bins, quantization, mu):
   edges = bin_edges(num_bins, quantization, mu)
   lower, upper = edges[:-1], edges[1:]
   return Bins(*(jnp.asarray(a, jnp.float32) for a in
-                (lower, upper, 0.5 * (lower + upper), np.log(upper - lower))))
+                (edges, 0.5 * (lower + upper), np.log(upper - lower))))
 
 
 # Densities from logits -----------------------------------------------------------------
 
 
-def log_diff_ndtr(a, b):
-  """log(Phi(b) - Phi(a)) for a < b (elementwise), accurate in both tails.
+def log_normal_tails(z):
+  """z [...] -> (log Phi(z), log Phi(-z)), one log_ndtr each: the smaller tail directly,
+  the larger one (at least 1/2) as log1p of minus the smaller."""
+  small = log_ndtr(-jnp.abs(z))
+  large = jnp.log1p(-jnp.exp(small))
+  below = z <= 0
+  return jnp.where(below, small, large), jnp.where(below, large, small)
+
+
+def log_diff_from_tails(a, tails_a, tails_b):
+  """log(Phi(b) - Phi(a)) for a < b from `log_normal_tails` at a and at b.
 
   Above 0 the symmetric form Phi(-a) - Phi(-b) keeps both terms in the lower tail.
   """
   flip = a > 0
-  lo = jnp.where(flip, -b, a)
-  hi = jnp.where(flip, -a, b)
-  log_hi = log_ndtr(hi)
+  log_hi = jnp.where(flip, tails_a[1], tails_b[0])
+  log_lo = jnp.where(flip, tails_b[1], tails_a[0])
   # Guard against log(0) where the two CDFs round to the same float.
-  delta = jnp.minimum(log_ndtr(lo) - log_hi, -1e-30)
+  delta = jnp.minimum(log_lo - log_hi, -1e-30)
   return log_hi + jnp.log(-jnp.expm1(delta))
+
+
+def log_diff_ndtr(a, b):
+  """log(Phi(b) - Phi(a)) for a < b (elementwise), accurate in both tails."""
+  return log_diff_from_tails(a, log_normal_tails(a), log_normal_tails(b))
 
 
 def bin_log_density(log_probs, target, bins, num_bins, quantization, mu):
@@ -128,9 +140,13 @@ def bin_log_density(log_probs, target, bins, num_bins, quantization, mu):
 
 def smoothed_log_density(log_probs, target, sigma, bins):
   """The piecewise-uniform density of log_probs [B, T, n] convolved with N(0, sigma^2),
-  at target [B, T] -> [B, T]; sigma > 0."""
-  y = target[..., None]
-  log_mass = log_diff_ndtr((bins.lower - y) / sigma, (bins.upper - y) / sigma)
+  at target [B, T] -> [B, T]; sigma > 0. The normal tails are evaluated once per bin edge
+  (n + 1 per sample), each bin's mass from its two edges."""
+  z = (bins.edges - target[..., None]) / sigma
+  log_cdf, log_sf = log_normal_tails(z)
+  lower = (log_cdf[..., :-1], log_sf[..., :-1])
+  upper = (log_cdf[..., 1:], log_sf[..., 1:])
+  log_mass = log_diff_from_tails(z[..., :-1], lower, upper)
   return jax.nn.logsumexp(log_probs - bins.log_width + log_mass, axis=-1)
 
 
