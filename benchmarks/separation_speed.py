@@ -1,14 +1,20 @@
 """Separation speed: the compiled scan (config.separation.driver='scan', one compiled call)
-against the same Langevin steps driven by a Python loop of one jitted step ('loop').
+against the same Langevin steps driven by a Python loop of one jitted step ('loop'), and
+the scan with the priors split over CPU devices ('scan_prior_sharded').
 
   python benchmarks/separation_speed.py --config=configs/toy_flow.py:demo [--repeats=5]
+  JAX_NUM_CPU_DEVICES=4 python benchmarks/separation_speed.py --prior_devices=4 ...
 
-Both come from `separation.batch_separator`, what --mode=separate runs. They run the
-same levels and steps (config.finetune.sigmas, config.separation.steps_per_level) on the
-same mixes with the same keys, and must give the same sources (checked). They are timed alternately, after a compile run each; the numbers are the
-median of `--repeats`. Throughput = seconds of audio separated (batch x mix_length /
-sample_rate) per wall-clock second. The priors are freshly initialised K-source flows
-(or WaveNets): the work per step does not depend on training.
+All come from `separation.batch_separator`, what --mode=separate runs: 'scan' and 'loop'
+on one device, 'scan_prior_sharded' on a mesh of one data device and --prior_devices
+devices of the `prior` axis (what training.prior_devices runs; JAX must see that many
+devices). They run the same levels and steps (config.finetune.sigmas,
+config.separation.steps_per_level) on the same mixes with the same keys, and must give the
+same sources (checked against 'scan'). After a compile run each, they are timed
+round-robin; the numbers are the median of `--repeats`. Throughput = seconds of audio
+separated (batch x mix_length / sample_rate) per wall-clock second. The priors are
+freshly initialised K-source flows (or WaveNets): the work per step does not depend on
+training.
 """
 import json
 import os
@@ -27,12 +33,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiosep_jax import priors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from audiosep_jax import separation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from audiosep_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Samples that the prior-sharded scan may have apart from the one-device scan.
+MAX_FRACTION_APART = 1e-3
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/toy_flow.py:demo", "Experiment config, `path.py:variant`.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each driver.")
+_PRIOR_DEVICES = flags.DEFINE_integer(
+    "prior_devices", 1, "Also time the scan with the priors on this many devices (> 1).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
 
 
@@ -51,30 +63,34 @@ def main(argv):
   stacked = jax.tree.map(lambda *p: jnp.stack(p),
                          *[init(jax.random.key(i), sources) for i in range(len(sigmas))])
 
-  drivers = {}
-  for driver in separation.DRIVERS:
+  one_device = train.make_mesh(1)
+  ways = {"scan": ("scan", one_device), "loop": ("loop", one_device)}
+  if _PRIOR_DEVICES.value > 1:
+    ways["scan_prior_sharded"] = ("scan", train.make_mesh(_PRIOR_DEVICES.value,
+                                                          _PRIOR_DEVICES.value))
+  runs = {}
+  for name, (driver, mesh) in ways.items():
     config.separation.driver = driver
-    separate_batch = separation.batch_separator(config, prior, stacked, sigmas)
-    drivers[driver] = lambda key, mix, fn=separate_batch: fn(key, mix, None)[0]
-  scan_separation, loop_separation = drivers["scan"], drivers["loop"]
+    separate_batch = separation.batch_separator(config, prior, stacked, sigmas, mesh)
+    runs[name] = lambda key, mix, fn=separate_batch: fn(key, mix, None)[0]
   key = jax.random.key(1)
-  compile_start = time.perf_counter()
-  scan_out = jax.block_until_ready(scan_separation(key, mix))
-  scan_first = time.perf_counter() - compile_start
-  compile_start = time.perf_counter()
-  loop_out = jax.block_until_ready(loop_separation(key, mix))
-  loop_first = time.perf_counter() - compile_start
-  max_diff = float(jnp.max(jnp.abs(scan_out - loop_out)))
-  scale = float(jnp.max(jnp.abs(scan_out)))
+  first_call, outputs = {}, {}
+  for name, run in runs.items():
+    compile_start = time.perf_counter()
+    outputs[name] = np.asarray(jax.block_until_ready(run(key, mix)))
+    first_call[name] = time.perf_counter() - compile_start
+  scale = float(np.max(np.abs(outputs["scan"])))
+  max_diff = {name: float(np.max(np.abs(out - outputs["scan"]))) for name, out in outputs.items()}
 
-  scan_times, loop_times = [], []
+  times = {name: [] for name in runs}
   for _ in range(_REPEATS.value):
-    scan_times.append(common.timed(scan_separation, key, mix))
-    loop_times.append(common.timed(loop_separation, key, mix))
+    for name, run in runs.items():
+      times[name].append(common.timed(run, key, mix))
   audio_seconds = sep.batch_size * sep.mix_length / config.data.sample_rate
-  scan_median, loop_median = statistics.median(scan_times), statistics.median(loop_times)
+  medians = {name: statistics.median(t) for name, t in times.items()}
   result = {
       "device": jax.devices()[0].device_kind,
+      "machine": common.machine_info(),
       "load_average_1min": os.getloadavg()[0],
       "family": config.model.family,
       "variant": config.get("variant", ""),
@@ -84,19 +100,33 @@ def main(argv):
       "levels": len(sigmas),
       "steps_per_level": sep.steps_per_level,
       "repeats": _REPEATS.value,
-      "scan_seconds_median": scan_median,
-      "loop_seconds_median": loop_median,
-      "scan_first_call_seconds": scan_first,
-      "loop_first_call_seconds": loop_first,
-      "scan_audio_seconds_per_second": audio_seconds / scan_median,
-      "loop_audio_seconds_per_second": audio_seconds / loop_median,
-      "speedup_scan_over_loop": loop_median / scan_median,
-      "max_abs_difference": max_diff,
       "output_max_abs": scale,
   }
+  for name in runs:
+    result[f"{name}_seconds_median"] = medians[name]
+    result[f"{name}_first_call_seconds"] = first_call[name]
+    result[f"{name}_audio_seconds_per_second"] = audio_seconds / medians[name]
+    result[f"{name}_max_abs_difference_from_scan"] = max_diff[name]
+  result["speedup_scan_over_loop"] = medians["loop"] / medians["scan"]
+  if "scan_prior_sharded" in runs:
+    result["speedup_prior_sharded_over_scan"] = medians["scan"] / medians["scan_prior_sharded"]
+  tolerance = 1e-3 * max(scale, 1.0)
+  if "scan_prior_sharded" in runs:
+    result["scan_prior_sharded_fraction_beyond_tolerance"] = float(
+        np.mean(np.abs(outputs["scan_prior_sharded"] - outputs["scan"]) > tolerance))
   print(json.dumps(result, indent=2))
-  if not np.isfinite(max_diff) or max_diff > 1e-3 * max(scale, 1.0):
-    raise RuntimeError(f"The scan and the loop disagree by {max_diff} (outputs up to {scale}).")
+  # One device: the same program, step for step. Another mesh partitions the matmuls
+  # differently, and where the prior's score is steep the Langevin steps amplify that
+  # float32 roundoff at a few samples (the demo WaveNet: 8 of 32 768 by up to 2.6e-3
+  # with 2 steps per level; 6e-7 everywhere with 1), so there most samples must agree.
+  same_device = max(max_diff["scan"], max_diff["loop"])
+  if not np.isfinite(same_device) or same_device > tolerance:
+    raise RuntimeError(f"The loop disagrees with the scan by up to {same_device} (outputs "
+                       f"up to {scale}).")
+  if result.get("scan_prior_sharded_fraction_beyond_tolerance", 0.0) > MAX_FRACTION_APART:
+    raise RuntimeError(f"The prior-sharded scan disagrees with the scan by more than "
+                       f"{tolerance} at {result['scan_prior_sharded_fraction_beyond_tolerance']:.2%}"
+                       f" of the samples (max {max_diff['scan_prior_sharded']}).")
   if _OUT.value:
     common.write_json(_OUT.value, result)
 
