@@ -221,15 +221,55 @@ for mesh_shape, result in zip(meshes[1:], results[1:]):
 """
 
 
+RESUME_SCRIPT = r"""
+import sys, tempfile
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+import chex, jax
+from jax.sharding import PartitionSpec
+from audiosep_jax import train
+from audiosep_jax.data import pipeline
+import test_train
+assert len(jax.devices()) == 4, jax.devices()
+config = test_train.tiny_config(num_steps=20, checkpoint_every=10, eval_every=10,
+                                log_every=5, batch_size=4, prior_devices=2)
+straight, resumed = tempfile.mkdtemp(), tempfile.mkdtemp()
+expected = train.train_and_evaluate(config, straight)
+original = pipeline.train_batches
+pipeline.train_batches = test_train.interrupt_after(14)
+try:
+  train.train_and_evaluate(config, resumed)
+  raise AssertionError("not interrupted")
+except test_train.Interrupted:
+  pass
+pipeline.train_batches = original
+result = train.train_and_evaluate(config, resumed)
+assert int(result.step) == 20, result.step
+assert jax.tree.leaves(result.params)[0].sharding.spec == PartitionSpec("prior")
+chex.assert_trees_all_close(result.params, expected.params, rtol=1e-6, atol=1e-7)
+print("resumed on a 2 x 2 mesh equals the uninterrupted run")
+"""
+
+
+def run_on_four_devices(script):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
 class ShardingTest(absltest.TestCase):
 
   def test_one_device_equals_data_and_prior_sharded_meshes(self):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(root=ROOT)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = run_on_four_devices(SHARDING_SCRIPT.format(root=ROOT))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("(4, 2) two steps max abs param difference", result.stdout)
+
+  def test_resume_on_a_data_and_prior_mesh_equals_uninterrupted_run(self):
+    result = run_on_four_devices(RESUME_SCRIPT.format(root=ROOT,
+                                                      tests=os.path.join(ROOT, "tests")))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn("equals the uninterrupted run", result.stdout)
 
 
 class CommandLineTest(absltest.TestCase):
