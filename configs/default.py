@@ -62,10 +62,12 @@ def get_default_config():
   config.training.max_checkpoints = 2
   config.training.eval_batch_size = 16
   config.training.num_audio_samples = 1
-  # Devices of the ('data', 'prior') training mesh; 0 means every device jax sees.
+  # Devices of the ('data', 'prior') mesh of training and separation (evaluation and
+  # diagnostics split their examples over all of them); 0 means every device jax sees.
   config.training.num_devices = 0
   # Devices of the `prior` axis (a divisor of K and of each process's devices): each
-  # trains K / prior_devices of the priors; the rest of the devices split the batch.
+  # trains (and separates with) K / prior_devices of the priors; the rest of the devices
+  # split the batch.
   # On a CPU host, JAX_NUM_CPU_DEVICES=K with prior_devices=K runs the priors
   # concurrently (benchmarks/README.md).
   config.training.prior_devices = 1
