@@ -470,7 +470,7 @@ def evaluate_checkpoint(config, workdir, sigma=0.0):
   """Test nats/sample per source of the latest checkpoint: {source: value}."""
   prior = priors.build(config.model)
   params = load_params(config, workdir, sigma)
-  eval_fn = make_eval_fn(prior, mesh)
+  eval_fn = make_eval_fn(prior, make_mesh(config.training.num_devices))
   test_ll = evaluate(eval_fn, params, pipeline.test_set(config),
                      config.training.eval_batch_size)
   result = {n: float(v) for n, v in zip(config.data.source_names, test_ll)}

@@ -158,6 +158,19 @@ class TrainLoopTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"another shape.*params/.*checkpoint \(4, 1, 8, 8\), config \(4, 1, 16, 16\)"):
       train.train_and_evaluate(config, workdir)
 
+  def test_eval_mode_gives_the_last_logged_test_likelihood(self):
+    config = tiny_config(num_steps=3, checkpoint_every=3, eval_every=3, log_every=3)
+    workdir = self.make_tempdir()
+    train.train_and_evaluate(config, workdir)
+    result = train.evaluate_checkpoint(config, workdir)
+    scalars = [json.loads(line) for line in
+               open(os.path.join(workdir, "tb", "flow", "sigma_0", "scalars.jsonl"))]
+    logged = {k.split("/")[1]: v for r in scalars for k, v in r.items()
+              if k.startswith("test_nats_per_sample/")}
+    self.assertEqual(sorted(result), sorted(config.data.source_names))
+    for name, value in result.items():
+      self.assertAlmostEqual(value, logged[name], delta=1e-5, msg=name)
+
   def test_finetune_runs_serially_through_the_levels(self):
     config = tiny_config(num_steps=3, checkpoint_every=3, eval_every=3, log_every=3)
     workdir = self.make_tempdir()
