@@ -39,7 +39,6 @@ from audiosep_jax import priors
 from audiosep_jax.data import pipeline
 from audiosep_jax.data import toy
 
-PRIOR_AXIS = pipeline.PRIOR_AXIS
 INITS = ("noise", "mix")
 DRIVERS = ("scan", "loop")
 
@@ -477,8 +476,8 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
   """fn(key, mix [B, T], references or None) -> (sources, trace) for the stacked
   [L, K, ...] params, compiled as config.separation.driver says; the params are passed to
   the compiled functions as arguments, not baked in as constants. The scan driver splits
-  the mixes over the `data` axis of `mesh` and the K priors, with their sources, over its
-  `prior` axis (default: `train.mesh_from_config`, config.training.num_devices and
+  the mixes over the `data` axis of the ('data', 'prior') `mesh` and the K priors, with
+  their sources, over its `prior` axis (default: `train.mesh_from_config`, config.training.num_devices and
   prior_devices); XLA partitions the vmapped score over K, and the mixing constraint's sum
   over the sources is the one cross-device reduction of a step."""
   settings, weights = _settings_and_weights(config)
@@ -500,9 +499,8 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
     without_references = distributed.map_rows(separation, mesh, num_batched=1,
                                               out_axes=(0, trace_axes))
 
-    per_prior = PartitionSpec(None, PRIOR_AXIS) if PRIOR_AXIS in mesh.axis_names else (
-        PartitionSpec())
-    params_on_mesh = jax.device_put(stacked_params, NamedSharding(mesh, per_prior))
+    params_on_mesh = jax.device_put(
+        stacked_params, NamedSharding(mesh, PartitionSpec(None, pipeline.PRIOR_AXIS)))
 
     def separate_batch(key, mix, references):
       if references is None:

@@ -2,8 +2,6 @@
 call, determinism, flow scores, chunked overlap-add and --mode=separate's outputs."""
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import jax
@@ -11,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import soundfile
 from absl.testing import absltest
+
+import four_devices
 
 from audiosep_jax import metrics
 from audiosep_jax import priors
@@ -304,11 +304,8 @@ for mesh_shape, (sources, trace) in zip(meshes[1:], outputs[1:]):
 class MeshTest(absltest.TestCase):
 
   def test_one_device_equals_prior_and_data_sharded_meshes(self):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(root=root)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = four_devices.run_script(MESH_SCRIPT.format(root=root))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("(4, 1) max abs source difference", result.stdout)
 

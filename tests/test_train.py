@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+import four_devices
+
 from audiosep_jax import priors
 from audiosep_jax import train
 from audiosep_jax.data import pipeline
@@ -264,22 +266,15 @@ print("resumed on a 2 x 2 mesh equals the uninterrupted run")
 """
 
 
-def run_on_four_devices(script):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                        text=True, timeout=300)
-
-
 class ShardingTest(absltest.TestCase):
 
   def test_one_device_equals_data_and_prior_sharded_meshes(self):
-    result = run_on_four_devices(SHARDING_SCRIPT.format(root=ROOT))
+    result = four_devices.run_script(SHARDING_SCRIPT.format(root=ROOT))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("(4, 2) two steps max abs param difference", result.stdout)
 
   def test_resume_on_a_data_and_prior_mesh_equals_uninterrupted_run(self):
-    result = run_on_four_devices(RESUME_SCRIPT.format(root=ROOT,
+    result = four_devices.run_script(RESUME_SCRIPT.format(root=ROOT,
                                                       tests=os.path.join(ROOT, "tests")))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("equals the uninterrupted run", result.stdout)

@@ -28,11 +28,9 @@ def _check_name(data_config):
 
 
 def batch_sharding(mesh):
-  """A batch [B, K, T] with its rows split over the `data` mesh axis and its sources over
-  `prior` (when the mesh has one)."""
-  if PRIOR_AXIS in mesh.axis_names:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS, PRIOR_AXIS))
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  """A batch [B, K, T] on a ('data', 'prior') mesh (`train.make_mesh`): its rows split
+  over `data`, its sources over `prior`."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS, PRIOR_AXIS))
 
 
 def train_batches(config, start_step, mesh, stream=0):
