@@ -15,7 +15,8 @@
                                                 given the noisy history (PnF); None otherwise
 
 K sources: the K priors' params are stacked on a leading axis and evaluated with
-`jax.vmap` (`stack_init`, `stacked_log_prob`, ...); the priors stay independent.
+`jax.vmap` or one after another (`map_priors`; `stack_init`, `stacked_log_prob`, ...); the
+priors stay independent.
 Noise levels: params fine-tuned at L levels are stacked on a further axis [L, K, ...].
 """
 import math
@@ -91,20 +92,62 @@ def build(model_config):
   raise ValueError(f"Unknown config.model.family {family!r}; choose 'flow' or 'wavenet'.")
 
 
+PRIOR_LOOPS = ("vmap", "map")
+
+
+def map_priors(fn, in_axes, out_axes=0, loop="vmap", groups=1):
+  """`jax.vmap(fn, in_axes, out_axes)` over the K stacked priors, computed one of two ways.
+
+  loop='vmap': the K priors at once, every matmul batched over K.
+  loop='map': the K priors split into `groups` groups of K // groups, the groups vmapped
+    and the priors of a group one after another (`jax.lax.map`): each op touches one
+    prior's activations, 1/K of vmap's working set (faster on CPUs: benchmarks/README.md).
+    groups = the devices of the `prior` mesh axis, so that each device loops over its own
+    priors with no communication.
+  in_axes: one int (the K axis of every leaf) or None per argument; out_axes: the K axis
+  of every output leaf. Same values either way.
+  """
+  if loop == "vmap":
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+  if loop != "map":
+    raise ValueError(f"prior_loop={loop!r}: expected one of {PRIOR_LOOPS}.")
+
+  def mapped(*args):
+    stacked = [(a, axis) for a, axis in zip(args, in_axes) if axis is not None]
+    num_priors = jax.tree.leaves(stacked[0][0])[0].shape[stacked[0][1]]
+    if num_priors % groups:
+      raise ValueError(f"{num_priors} priors do not split into {groups} groups.")
+
+    def grouped(tree, axis):
+      return jax.tree.map(lambda leaf: jnp.moveaxis(leaf, axis, 0).reshape(
+          groups, num_priors // groups, *leaf.shape[:axis], *leaf.shape[axis + 1:]), tree)
+
+    def one_prior(per_prior_args):
+      it = iter(per_prior_args)
+      return fn(*(a if axis is None else next(it) for a, axis in zip(args, in_axes)))
+
+    out = jax.vmap(lambda group: jax.lax.map(one_prior, group))(
+        [grouped(a, axis) for a, axis in stacked])
+    return jax.tree.map(lambda leaf: jnp.moveaxis(
+        leaf.reshape(num_priors, *leaf.shape[2:]), 0, out_axes), out)
+
+  return mapped
+
+
 def stack_init(prior, key, x):
   """K independent inits, one per source: x [B, K, T] -> params stacked [K, ...]."""
   keys = jax.random.split(key, x.shape[1])
   return jax.vmap(prior.init, in_axes=(0, 1))(keys, x)
 
 
-def stacked_log_prob(prior, params, x):
-  """params [K, ...], x [B, K, T] -> [B, K, T]: prior k scores source k."""
-  return jax.vmap(prior.log_prob, in_axes=(0, 1), out_axes=1)(params, x)
+def stacked_log_prob(prior, params, x, loop="vmap", groups=1):
+  """params [K, ...], x [B, K, T] -> [B, K, T]: prior k scores source k (`map_priors`)."""
+  return map_priors(prior.log_prob, (0, 1), 1, loop, groups)(params, x)
 
 
-def stacked_level_log_prob(prior, params, x, sigma):
-  """params [K, ...], x [B, K, T], sigma scalar -> [B, K, T]."""
-  return jax.vmap(prior.level_log_prob, in_axes=(0, 1, None), out_axes=1)(params, x, sigma)
+def stacked_level_log_prob(prior, params, x, sigma, loop="vmap", groups=1):
+  """params [K, ...], x [B, K, T], sigma scalar -> [B, K, T] (`map_priors`)."""
+  return map_priors(prior.level_log_prob, (0, 1, None), 1, loop, groups)(params, x, sigma)
 
 
 def cross_log_prob(prior, params, x):

@@ -51,6 +51,7 @@ class Settings(NamedTuple):
   init: str
   init_scale: float
   driver: str
+  prior_loop: str
 
 
 def settings_from_config(separation_config):
@@ -61,7 +62,8 @@ def settings_from_config(separation_config):
       gamma_scale=float(separation_config.gamma_scale),
       init=str(separation_config.init),
       init_scale=float(separation_config.init_scale),
-      driver=str(separation_config.driver))
+      driver=str(separation_config.driver),
+      prior_loop=str(separation_config.prior_loop))
   if settings.steps_per_level < 1:
     raise ValueError(f"config.separation.steps_per_level must be >= 1, got "
                      f"{settings.steps_per_level}.")
@@ -75,6 +77,9 @@ def settings_from_config(separation_config):
   if settings.driver not in DRIVERS:
     raise ValueError(f"Unknown config.separation.driver {settings.driver!r}; choose one of "
                      f"{', '.join(DRIVERS)}.")
+  if settings.prior_loop not in priors.PRIOR_LOOPS:
+    raise ValueError(f"Unknown config.separation.prior_loop {settings.prior_loop!r}; choose "
+                     f"one of {', '.join(priors.PRIOR_LOOPS)}.")
   if settings.init_scale < 0:
     raise ValueError(f"config.separation.init_scale must be >= 0, got {settings.init_scale}.")
   return settings
@@ -247,11 +252,12 @@ def separate_with_trace(key, mix, score_fn, sigmas, config, references=None):
   return get_separation_fn(score_fn, sigmas, weights, settings)(key, mix, references)
 
 
-def make_score_fn(prior, stacked_params, sigmas) -> Callable:
+def make_score_fn(prior, stacked_params, sigmas, prior_loop="vmap", prior_groups=1) -> Callable:
   """score_fn(level, x [B, K, T]) -> [B, K, T] from params fine-tuned at L levels.
 
   stacked_params: [L, K, ...] in the order of `sigmas`; the score at level i is the
-  gradient in x of sum log p_k(x_k) under `prior.level_log_prob` at sigma_i.
+  gradient in x of sum log p_k(x_k) under `prior.level_log_prob` at sigma_i, the K priors
+  run as `priors.map_priors(loop=prior_loop, groups=prior_groups)` says.
   """
   sigmas = jnp.asarray(sigmas, jnp.float32)
   num_levels = jax.tree.leaves(stacked_params)[0].shape[0]
@@ -261,7 +267,8 @@ def make_score_fn(prior, stacked_params, sigmas) -> Callable:
 
   def score_fn(level, x):
     params = priors.index_level(stacked_params, level)
-    total = lambda v: jnp.sum(priors.stacked_level_log_prob(prior, params, v, sigmas[level]))
+    total = lambda v: jnp.sum(priors.stacked_level_log_prob(
+        prior, params, v, sigmas[level], prior_loop, prior_groups))
     return jax.grad(total)(x)
 
   return score_fn
@@ -478,20 +485,24 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
   the compiled functions as arguments, not baked in as constants. The scan driver splits
   the mixes over the `data` axis of the ('data', 'prior') `mesh` and the K priors, with
   their sources, over its `prior` axis (default: `train.mesh_from_config`, config.training.num_devices and
-  prior_devices); XLA partitions the vmapped score over K, and the mixing constraint's sum
-  over the sources is the one cross-device reduction of a step."""
+  prior_devices); XLA partitions the score over K, and the mixing constraint's sum
+  over the sources is the one cross-device reduction of a step. Each device runs its
+  priors as config.separation.prior_loop says (the loop driver: one device)."""
   settings, weights = _settings_and_weights(config)
   if mesh is None:
     from audiosep_jax import train  # pylint: disable=g-import-not-at-top
     mesh = train.mesh_from_config(config)
+  prior_loop = settings.prior_loop
 
   def make_sampler(params):
-    return get_sampler(make_score_fn(prior, params, sigmas), sigmas, weights, settings)
+    return get_sampler(make_score_fn(prior, params, sigmas, prior_loop), sigmas, weights,
+                       settings)
 
   if settings.driver == "scan":
     def separation(params, key, mix, references=None):
-      return get_separation_fn(make_score_fn(prior, params, sigmas), sigmas, weights,
-                               settings)(key, mix, references)
+      score_fn = make_score_fn(prior, params, sigmas, prior_loop,
+                               mesh.shape[pipeline.PRIOR_AXIS])
+      return get_separation_fn(score_fn, sigmas, weights, settings)(key, mix, references)
 
     trace_axes = {"sigma": None, "residual_rms": 1, "score_rms": 1}
     with_references = distributed.map_rows(

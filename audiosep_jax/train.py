@@ -94,13 +94,18 @@ def tree_where(condition, new, old):
   return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
-def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
+def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop="vmap",
+                    prior_groups=1, microbatches=1):
   """Returns the pure step(state, batch [B, K, T]) -> (state, metrics of [K]).
 
   Loss: mean negative log-likelihood in nats per sample, per prior, of the noisy batch
   (`noise`), or of `prior.noisy_log_prob(clean, noisy)` where the prior defines it. A
   prior whose loss or gradient is not finite keeps its params and optimizer state and
-  counts a skip.
+  counts a skip. The K priors run as `priors.map_priors(loop=prior_loop,
+  groups=prior_groups)` says; microbatches > 1 splits the batch into that many chunks of
+  B // microbatches examples (example i in chunk i % microbatches) and averages their
+  losses and gradients one chunk after another (`jax.lax.scan`): the same update with
+  1/microbatches of the activations.
   """
   noise_key = jax.random.key(0) if noise_key is None else noise_key
 
@@ -109,8 +114,21 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
       return -jnp.mean(prior.noisy_log_prob(params, clean, noisy))
     return -jnp.mean(prior.log_prob(params, noisy))
 
+  def loss_and_grads(params, clean, noisy):
+    """clean, noisy: [microbatches, B // microbatches, T]."""
+    if microbatches == 1:
+      return jax.value_and_grad(loss_fn)(params, clean[0], noisy[0])
+
+    def accumulate(total, chunk):
+      loss, grads = jax.value_and_grad(loss_fn)(params, *chunk)
+      return jax.tree.map(jnp.add, total, (loss, grads)), None
+
+    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(accumulate, zeros, (clean, noisy))
+    return jax.tree.map(lambda t: t / microbatches, total)
+
   def update_one_prior(params, opt_state, clean, noisy):
-    loss, grads = jax.value_and_grad(loss_fn)(params, clean, noisy)
+    loss, grads = loss_and_grads(params, clean, noisy)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -118,10 +136,20 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
     return (tree_where(finite, new_params, params), tree_where(finite, new_opt_state, opt_state),
             loss, grad_norm, finite)
 
+  def chunked(batch):
+    """[B, K, T] -> [microbatches, B // microbatches, K, T], example i in chunk
+    i % microbatches (rows split over `data` stay on their devices)."""
+    b, k, t = batch.shape
+    if b % microbatches:
+      raise ValueError(f"A batch of {b} does not split into microbatches={microbatches}.")
+    return jnp.moveaxis(batch.reshape(b // microbatches, microbatches, k, t), 1, 0)
+
+  update_priors = priors.map_priors(update_one_prior, (0, 0, 2, 2), 0, prior_loop, prior_groups)
+
   def step(state, batch):
     noisy = add_noise(jax.random.fold_in(noise_key, state.step), batch, noise)
-    params, opt_state, loss, grad_norm, finite = jax.vmap(
-        update_one_prior, in_axes=(0, 0, 1, 1))(state.params, state.opt_state, batch, noisy)
+    params, opt_state, loss, grad_norm, finite = update_priors(
+        state.params, state.opt_state, chunked(batch), chunked(noisy))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,
@@ -129,6 +157,14 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None):
     return new_state, metrics
 
   return step
+
+
+def step_from_config(prior, optimizer, config, noise=Noise(), noise_key=None):
+  """`make_train_step` with config.training's prior_loop, prior_devices (the groups) and
+  microbatches."""
+  training = config.training
+  return make_train_step(prior, optimizer, noise, noise_key, training.prior_loop,
+                         training.prior_devices, training.microbatches)
 
 
 def make_mesh(num_devices=0, prior_devices=1):
@@ -160,8 +196,11 @@ def make_mesh(num_devices=0, prior_devices=1):
 
 def mesh_from_config(config):
   """The mesh of config.training.num_devices and prior_devices (training and separation),
-  checked against the K sources."""
+  checked against the K sources; checks config.training.prior_loop too."""
   training = config.training
+  if training.prior_loop not in priors.PRIOR_LOOPS:
+    raise ValueError(f"config.training.prior_loop={training.prior_loop!r}: expected one of "
+                     f"{priors.PRIOR_LOOPS}.")
   num_sources = len(config.data.source_names)
   if training.prior_devices < 1 or num_sources % training.prior_devices:
     raise ValueError(f"config.training.prior_devices={training.prior_devices} must divide "
@@ -170,13 +209,14 @@ def mesh_from_config(config):
 
 
 def make_train_mesh(config):
-  """`mesh_from_config`, checked against the batch size."""
+  """`mesh_from_config`, checked against the batch size and microbatches."""
   training = config.training
   mesh = mesh_from_config(config)
   data_devices = mesh.shape[DATA_AXIS]
-  if training.batch_size % data_devices:
+  if training.microbatches < 1 or training.batch_size % (data_devices * training.microbatches):
     raise ValueError(f"config.training.batch_size={training.batch_size} must be divisible by "
-                     f"the {data_devices} devices of the data mesh axis.")
+                     f"the {data_devices} devices of the data mesh axis x "
+                     f"config.training.microbatches={training.microbatches}.")
   return mesh
 
 
@@ -364,8 +404,8 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
         out_shardings=state_shardings(abstract_state, mesh))
     state = init_state(first_batch, init_params)
   noise = Noise(sigma, config.finetune.legacy_noise)
-  train_step = compile_train_step(make_train_step(prior, optimizer, noise, noise_key), mesh,
-                                  abstract_state)
+  train_step = compile_train_step(step_from_config(prior, optimizer, config, noise, noise_key),
+                                  mesh, abstract_state)
   schedule = learning_rate_schedule(config.optim, num_steps)
 
   names = tuple(config.data.source_names)

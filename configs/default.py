@@ -71,6 +71,14 @@ def get_default_config():
   # On a CPU host, JAX_NUM_CPU_DEVICES=K with prior_devices=K runs the priors
   # concurrently (benchmarks/README.md).
   config.training.prior_devices = 1
+  # How each device runs its priors in the train step (priors.map_priors): 'map' one
+  # after another (each op on one prior's activations: faster on CPUs at the paper
+  # sizes), 'vmap' all at once (every matmul batched over the priors).
+  config.training.prior_loop = "map"
+  # The train step averages the gradients of this many chunks of the batch, one after
+  # another: the same update with 1/microbatches of the activation memory (batch_size
+  # must be a multiple of microbatches x the data devices).
+  config.training.microbatches = 1
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-4
@@ -127,6 +135,9 @@ def get_default_config():
   # step per call from Python, the same numbers; for debugging and step-level profiling).
   # On a CPU the two ran equally fast for the flow (benchmarks/README.md).
   config.separation.driver = "scan"
+  # How each device runs its priors in the score (priors.map_priors): 'vmap' all at once
+  # (faster for the score on a CPU), 'map' one after another; the same numbers.
+  config.separation.prior_loop = "vmap"
   return config
 
 

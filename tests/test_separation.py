@@ -223,6 +223,11 @@ class SamplerTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "config.separation.driver 'while'"):
       separation.separate(jax.random.key(0), self.mix, self.score_fn, self.sigmas,
                           self.config)
+    self.config.separation.driver = "scan"
+    self.config.separation.prior_loop = "pmap"
+    with self.assertRaisesRegex(ValueError, "config.separation.prior_loop 'pmap'"):
+      separation.separate(jax.random.key(0), self.mix, self.score_fn, self.sigmas,
+                          self.config)
 
 
 def tiny_flow_config():
@@ -243,16 +248,18 @@ class FlowScoreTest(absltest.TestCase):
     init = jax.jit(lambda key, batch: priors.stack_init(prior, key, batch))
     levels = [init(jax.random.key(i), x * (1 + i)) for i in range(2)]
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *levels)
-    score_fn = separation.make_score_fn(prior, stacked, (0.1, 0.01))
     probe = 0.5 * jax.random.normal(jax.random.key(3), x.shape)
     one_prior_score = jax.jit(jax.grad(lambda v, p: jnp.sum(prior.log_prob(p, v))))
-    score_fn = jax.jit(score_fn)
-    for level in range(2):
-      got = score_fn(jnp.int32(level), probe)
-      for k in range(x.shape[1]):
-        params_k = jax.tree.map(lambda p, k=k: p[k], levels[level])
-        np.testing.assert_allclose(got[:, k], one_prior_score(probe[:, k], params_k),
-                                   rtol=1e-4, atol=1e-5)
+    # The K priors at once, one after another, and in 2 groups of 2.
+    for prior_loop, prior_groups in (("map", 1), ("map", 2), ("vmap", 1)):
+      score_fn = jax.jit(separation.make_score_fn(prior, stacked, (0.1, 0.01), prior_loop,
+                                                  prior_groups))
+      for level in range(2):
+        got = score_fn(jnp.int32(level), probe)
+        for k in range(x.shape[1]):
+          params_k = jax.tree.map(lambda p, k=k: p[k], levels[level])
+          np.testing.assert_allclose(got[:, k], one_prior_score(probe[:, k], params_k),
+                                     rtol=1e-4, atol=1e-5, err_msg=prior_loop)
     # The two levels' priors differ, and so do their scores.
     self.assertGreater(float(jnp.max(jnp.abs(score_fn(0, probe) - score_fn(1, probe)))), 1e-3)
     with self.assertRaisesRegex(ValueError, "2 levels but 3 sigmas"):
@@ -287,10 +294,13 @@ init = jax.jit(lambda key, batch: priors.stack_init(prior, key, batch))
 stacked = jax.tree.map(lambda *p: jnp.stack(p), *[init(jax.random.key(i), x) for i in range(2)])
 mix = toy.mix(x, toy.mix_weights(4, config.data))
 outputs = []
-# (devices, of them on the prior axis): one device, one prior per device, 2 x 2, 4 x 1.
-meshes = ((1, 1), (4, 4), (4, 2), (4, 1))
-for num_devices, prior_devices in meshes:
+# (devices, of them on the prior axis, prior_loop): one device, one prior per device,
+# 2 x 2, 4 x 1, each device running its priors at once or looping over them.
+meshes = ((1, 1, "vmap"), (4, 4, "vmap"), (4, 2, "vmap"), (4, 1, "vmap"), (1, 1, "map"),
+          (4, 2, "map"), (4, 1, "map"))
+for num_devices, prior_devices, prior_loop in meshes:
   mesh = train.make_mesh(num_devices, prior_devices)
+  config.separation.prior_loop = prior_loop
   separate_batch = separation.batch_separator(config, prior, stacked, (0.1, 0.01), mesh)
   outputs.append(separate_batch(jax.random.key(5), mix, x))
 for mesh_shape, (sources, trace) in zip(meshes[1:], outputs[1:]):
@@ -307,7 +317,7 @@ class MeshTest(absltest.TestCase):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = four_devices.run_script(MESH_SCRIPT.format(root=root))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertIn("(4, 1) max abs source difference", result.stdout)
+    self.assertIn("(4, 1, 'map') max abs source difference", result.stdout)
 
 
 class ChunkingTest(absltest.TestCase):

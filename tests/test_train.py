@@ -84,6 +84,35 @@ class TrainStepTest(absltest.TestCase):
       chex.assert_trees_all_equal(source_0(new_state.params), source_0(state.params))
     self.assertTrue(train.all_finite(new_state.params))
 
+  def test_prior_loops_and_microbatches_give_the_same_update(self):
+    # eps >> the roundoff of a gradient element: Adam's first step is about lr * sign(g)
+    # for |g| >> eps, which float noise around g = 0 would flip (SHARDING_SCRIPT).
+    self.config.optim.eps = 1e-3
+    optimizer = train.make_optimizer(self.config.optim, 40)
+    state = train.create_train_state(self.prior, optimizer, jax.random.key(1), self.batch)
+    expected = jax.jit(train.make_train_step(self.prior, optimizer))(state, self.batch)
+    # (prior_loop, prior_groups, microbatches); microbatches=4: one example per chunk.
+    for layout in (("map", 1, 1), ("map", 2, 1), ("map", 4, 1), ("vmap", 1, 2),
+                   ("map", 2, 4)):
+      step = jax.jit(train.make_train_step(self.prior, optimizer, prior_loop=layout[0],
+                                           prior_groups=layout[1], microbatches=layout[2]))
+      new_state, metrics = step(state, self.batch)
+      chex.assert_trees_all_close(new_state.params, expected[0].params, rtol=1e-4, atol=5e-6,
+                                  custom_message=str(layout))
+      for name in ("loss", "grad_norm", "param_norm"):
+        np.testing.assert_allclose(metrics[name], expected[1][name], rtol=1e-5,
+                                   err_msg=f"{layout} {name}")
+
+  def test_bad_prior_loop_or_microbatches_is_a_clear_error(self):
+    with self.assertRaisesRegex(ValueError, "config.training.prior_loop='scan'"):
+      train.make_train_mesh(tiny_config(prior_loop="scan"))
+    with self.assertRaisesRegex(ValueError, "config.training.microbatches=3"):
+      train.make_train_mesh(tiny_config(batch_size=4, microbatches=3))
+    step = train.make_train_step(self.prior, self.optimizer, microbatches=3)
+    state = train.create_train_state(self.prior, self.optimizer, jax.random.key(1), self.batch)
+    with self.assertRaisesRegex(ValueError, "batch of 4 does not split into microbatches=3"):
+      step(state, self.batch)
+
   def test_learning_rate_schedule_is_the_papers(self):
     schedule = train.learning_rate_schedule(self.config.optim, 1000)
     lr = self.config.optim.learning_rate
@@ -189,7 +218,7 @@ class TrainLoopTest(absltest.TestCase):
 
 
 SHARDING_SCRIPT = r"""
-import sys
+import re, sys
 sys.path.insert(0, {root!r})
 import jax, numpy as np
 from audiosep_jax import priors, train
@@ -205,16 +234,28 @@ prior = priors.build(config.model)
 optimizer = train.make_optimizer(config.optim, 10)
 batch = toy.sample_sources(jax.random.key(0), 4, 256, config.data)
 results = []
-# (devices, of them on the prior axis): one device, data parallel, one prior per device,
-# and 2 x 2.
-meshes = ((1, 1), (4, 1), (4, 4), (4, 2))
-for num_devices, prior_devices in meshes:
+# (devices, of them on the prior axis, prior_loop, microbatches): one device, data
+# parallel, one prior per device, 2 x 2; each device looping over its priors and chunks.
+meshes = ((1, 1, "vmap", 1), (4, 1, "vmap", 1), (4, 4, "vmap", 1), (4, 2, "vmap", 1),
+          (4, 1, "map", 1), (4, 4, "map", 1), (4, 2, "map", 2))
+for num_devices, prior_devices, prior_loop, microbatches in meshes:
   mesh = train.make_mesh(num_devices, prior_devices)
   state = train.place_state(
       train.create_train_state(prior, optimizer, jax.random.key(1), batch), mesh)
-  step = train.compile_train_step(train.make_train_step(prior, optimizer), mesh, state)
+  step = train.compile_train_step(train.make_train_step(
+      prior, optimizer, prior_loop=prior_loop, prior_groups=prior_devices,
+      microbatches=microbatches), mesh, state)
   sharded = jax.device_put(batch, train.pipeline.batch_sharding(mesh))
   assert len(sharded.sharding.device_set) == num_devices
+  if prior_devices == num_devices > 1:
+    # Each device trains its own priors: only the [K] metrics cross devices (gathered to
+    # be replicated).
+    hlo = step.lower(state, sharded).compile().as_text()
+    collectives = re.findall(r"= (\S+) (all-reduce|all-gather|all-to-all|collective-permute)\(",
+                             hlo)
+    assert len(collectives) == 4, (prior_loop, collectives)
+    assert all(op == "all-gather" and shape[3:] == "[4]{{0}}" for shape, op in collectives), (
+        prior_loop, collectives)
   state, metrics = step(state, sharded)
   # Each device holds K / prior_devices priors' params and optimizer state.
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
@@ -271,7 +312,7 @@ class ShardingTest(absltest.TestCase):
   def test_one_device_equals_data_and_prior_sharded_meshes(self):
     result = four_devices.run_script(SHARDING_SCRIPT.format(root=ROOT))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertIn("(4, 2) two steps max abs param difference", result.stdout)
+    self.assertIn("(4, 2, 'map', 2) two steps max abs param difference", result.stdout)
 
   def test_resume_on_a_data_and_prior_mesh_equals_uninterrupted_run(self):
     result = four_devices.run_script(RESUME_SCRIPT.format(root=ROOT,
