@@ -9,11 +9,15 @@ sources and its gradient with respect to the input x [B, K, T]. Both frameworks 
 same architecture, the same weights (the JAX init, copied into `torch_reference`), the
 same batch of toy data and the same number of threads (every core this process may use).
 
-JAX: the project's own code (`jax_steps`): `train.make_train_step` compiled by
+JAX: the project's own code (`jax_steps`): `train.step_from_config` compiled by
 `train.compile_train_step` (donated state), and `jax.value_and_grad` of
 `priors.stacked_level_log_prob`, jitted; each on one device (training.prior_devices=1)
-and with one prior per CPU device (training.prior_devices=4). PyTorch: `torch_reference`
-(one module per source, Adam foreach), eager.
+with the priors one after another ('map', training.prior_loop's default) and vmapped
+('vmap', separation.prior_loop's default), and with one prior per CPU device
+(training.prior_devices=4, the configs' default loops). The paper's own
+setting (batch 5) runs with training.microbatches=5 (one example's activations at a
+time, the same update; the torch reference keeps every activation). PyTorch:
+`torch_reference` (one module per source, Adam foreach), eager.
 
 Every case runs in a fresh subprocess (no state carried between cases): warm-up (JAX
 compile, then 2 calls of each), then `--rounds` rounds that time one measurement of each
@@ -61,7 +65,7 @@ class Case(NamedTuple):
   kind: str
   batch: int
   length: int
-  remat: bool = False  # JAX only (the torch reference keeps every activation)
+  microbatches: int = 1  # JAX only: training.microbatches (the same update)
 
 
 # K = 4 toy sources in every case. Paper sizes at a CPU-feasible batch and crop, the
@@ -69,7 +73,7 @@ class Case(NamedTuple):
 CASES = {
     "flow_paper_train": Case("flow", "paper", "train", 1, 4_096),
     "flow_paper_train_b2": Case("flow", "paper", "train", 2, 16_384),
-    "flow_paper_train_full": Case("flow", "paper", "train", 5, 16_384, remat=True),
+    "flow_paper_train_full": Case("flow", "paper", "train", 5, 16_384, microbatches=5),
     "flow_demo_train": Case("flow", "demo", "train", 8, 2_048),
     "wavenet_paper_train": Case("wavenet", "paper", "train", 2, 3_075),
     "wavenet_demo_train": Case("wavenet", "demo", "train", 4, 1_024),
@@ -80,13 +84,15 @@ CASES = {
 }
 
 
+JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
+
+
 def get_config(case):
   from configs import toy_flow  # pylint: disable=g-import-not-at-top
   from configs import toy_wavenet  # pylint: disable=g-import-not-at-top
   module = toy_flow if case.family == "flow" else toy_wavenet
   config = module.get_config(case.variant)
-  if case.family == "flow":
-    config.model.remat = case.remat
+  config.training.microbatches = case.microbatches
   return config
 
 
@@ -103,24 +109,32 @@ def timed(fn, min_seconds):
 
 def jax_runners(case, config, batch_np, sigma, prior_sharded):
   """{name: one call of the JAX work}, compile seconds per name, and the JAX params
-  [K, ...] on the host. 'jax': on one device, the priors vmapped (`jax_steps.vmapped_*`);
-  'jax_prior_sharded': one prior per CPU device (`jax_steps.prior_sharded_*`, what
-  training.prior_devices=K runs), when JAX sees K devices (`child_main` asks for them)."""
+  [K, ...] on the host. On one device: 'jax_map' with the priors one after another and
+  'jax_vmap' with them vmapped (training.prior_loop for a train step,
+  separation.prior_loop for a score); 'jax_prior_sharded', one prior per CPU device
+  (training.prior_devices=K), when JAX sees K devices (`main` asks for them). All with
+  the case's microbatches (`jax_steps`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
+  num_sources = batch_np.shape[1]
+
+  def with_loop(prior_loop):
+    looped = config.copy_and_resolve_references()
+    looped.training.prior_loop = looped.separation.prior_loop = prior_loop
+    return looped
+
   if case.kind == "train":
-    builders = {"jax": lambda: jax_steps.vmapped_train_step(
-                    prior, optimizer, host_state, batch_np),
-                "jax_prior_sharded": lambda: jax_steps.prior_sharded_train_step(
-                    prior, optimizer, host_state, batch_np)}
+    make = lambda c, devices: jax_steps.train_step(c, prior, optimizer, host_state,
+                                                   batch_np, devices)
   else:
-    builders = {"jax": lambda: jax_steps.vmapped_score(
-                    prior, host_state.params, batch_np, sigma),
-                "jax_prior_sharded": lambda: jax_steps.prior_sharded_score(
-                    prior, host_state.params, batch_np, sigma)}
-  if not (prior_sharded and jax.device_count() >= batch_np.shape[1]):
+    make = lambda c, devices: jax_steps.score(c, prior, host_state.params, batch_np, sigma,
+                                              devices)
+  builders = {"jax_map": lambda: make(with_loop("map"), 1),
+              "jax_vmap": lambda: make(with_loop("vmap"), 1),
+              "jax_prior_sharded": lambda: make(config, num_sources)}
+  if not (prior_sharded and jax.device_count() >= num_sources):
     del builders["jax_prior_sharded"]
   runners, compile_s = {}, {}
   for name, build in builders.items():
@@ -188,7 +202,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, prior_sharded):
     best = min(torch_names, key=lambda k: result[f"{k}_s"])
     result["torch_best"] = best
     result["torch_s"] = result[f"{best}_s"]
-    for jax_name in ("jax", "jax_prior_sharded"):
+    for jax_name in JAX_RUNNERS:
       if jax_name in times:
         result[f"torch_over_{jax_name}"] = result["torch_s"] / result[f"{jax_name}_s"]
   return result
@@ -253,13 +267,13 @@ def main(argv):
 def summary_line(result):
   nan = float("nan")
   parts = [f"{result['case']:22s}"]
-  for key in ("jax", "jax_prior_sharded", "torch"):
+  for key in (*JAX_RUNNERS, "torch"):
     if f"{key}_s" in result:
       parts.append(f"{key} {result[f'{key}_s']:.3f} s")
   if "torch_best" in result:
     parts.append(f"(torch best: {result['torch_best']})")
-  parts.append(f"torch/jax {result.get('torch_over_jax', nan):.2f}")
-  parts.append(f"torch/jax_prior_sharded {result.get('torch_over_jax_prior_sharded', nan):.2f}")
+  for key in JAX_RUNNERS:
+    parts.append(f"torch/{key} {result.get(f'torch_over_{key}', nan):.2f}")
   parts.append(f"others busy {100 * result['others_busy_fraction']:.0f}%")
   return "  ".join(parts)
 

@@ -6,12 +6,14 @@ and peak memory with and without rematerialisation.
 
 flops   In one process: a float32 matmul (`--matmul_size`, JAX and torch, median of
         `--repeats`) gives the machine's peak; then the paper-architecture flow train step
-        (`train.make_train_step`) is timed at each `--flops_settings` (batch x crop,
-        K = 4 priors), both ways of `jax_steps` (vmapped as training compiles it, and
-        prior-sharded over 4 CPU devices). FLOPs of the step: an analytic count of every
-        convolution (`flow_train_flops`: forward, and twice that for the input and weight
-        gradients), cross-checked with XLA's `cost_analysis()['flops']` of the vmapped
-        step (the prior-sharded executable reports one device's share). Achieved =
+        (`train.step_from_config`) is timed at each `--flops_settings` (batch x crop,
+        K = 4 priors, remat, microbatches), three ways (`jax_steps`): on one device with
+        the priors one after another (training.prior_loop='map', the default) and
+        vmapped, and prior-sharded over 4 CPU devices. FLOPs of the step: an analytic
+        count of every convolution (`flow_train_flops`: forward, and twice that for the
+        input and weight gradients), cross-checked with XLA's `cost_analysis()['flops']`
+        of the vmapped step (a scan's body is counted once; the prior-sharded
+        executable reports one device's share). Achieved =
         analytic FLOPs / median step time, also as a fraction of the matmul peak. With
         remat the step recomputes each flow's forward pass; those FLOPs are not counted
         (model FLOPs, not hardware FLOPs).
@@ -20,9 +22,13 @@ memory  Every setting in a fresh subprocess that builds the step, runs 2 steps a
         framework, XLA's compilation, parameters, optimizer state, activations), and the
         step's own memory: for JAX the compiled step's buffers from `memory_analysis()`
         (temporaries + arguments), for torch the peak above the resident memory before
-        the model was built. Settings: JAX with and without remat (`config.model.remat`)
-        and torch, at `--memory_batches` x `--memory_length`; then, for each way, the
-        largest batch whose step memory stays under `--budget_gib` (`largest_batch`).
+        the model was built. Settings (`MEMORY_WAYS`): JAX vmapped with and without remat
+        (`config.model.remat`), JAX with the priors one after another, and torch, at
+        `--memory_batches` x `--memory_length`; then, for each way, the largest batch
+        whose step memory stays under `--budget_gib` (`largest_batch`). Then the paper's
+        batch (`--paper_batch`) with one example per microbatch
+        (training.microbatches), priors one after another, on one device and on 4 CPU
+        devices (training.prior_devices=4; XLA's buffers of all devices together).
 """
 import json
 import os
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -45,8 +52,9 @@ _VARIANT = flags.DEFINE_string("variant", "paper", "configs/toy_flow.py variant 
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N matmul.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 _FLOPS_SETTINGS = flags.DEFINE_list(
-    "flops_settings", ["1x4096:false", "5x16384:true"],
-    "Flow train steps to time, `batch x crop : remat`.")
+    "flops_settings", ["1x4096:false:1", "5x16384:false:5"],
+    "Flow train steps to time, `batch x crop : remat : microbatches`.")
+_PAPER_BATCH = flags.DEFINE_integer("paper_batch", 5, "The paper's batch (memory part).")
 _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["1", "2"],
                                     "Batches at which all three ways are measured.")
 _MEMORY_LENGTH = flags.DEFINE_integer("memory_length", 16_384, "Crop of the memory runs.")
@@ -57,17 +65,26 @@ _OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: pri
 _CHILD = flags.DEFINE_string("child", None, "Internal: 'jax' | 'torch' memory run.")
 _CHILD_BATCH = flags.DEFINE_integer("child_batch", 1, "Internal: batch of the memory run.")
 _CHILD_REMAT = flags.DEFINE_bool("child_remat", False, "Internal: remat of the memory run.")
+_CHILD_PRIOR_LOOP = flags.DEFINE_string("child_prior_loop", "vmap",
+                                        "Internal: training.prior_loop of the memory run.")
+_CHILD_MICROBATCHES = flags.DEFINE_integer(
+    "child_microbatches", 1, "Internal: training.microbatches of the memory run.")
+_CHILD_PRIOR_DEVICES = flags.DEFINE_integer(
+    "child_prior_devices", 1, "Internal: training.prior_devices (CPU devices) of the run.")
 _CHILD_STEPS = flags.DEFINE_integer("child_steps", 2, "Internal: steps of the JAX memory run.")
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
 
 GIB = 2.0 ** 30
 
 
-def flow_config(remat=False):
-  """configs/toy_flow.py at --variant (K = 4 toy priors), remat on or off."""
+def flow_config(remat=False, prior_loop="map", microbatches=1):
+  """configs/toy_flow.py at --variant (K = 4 toy priors), remat on or off, the priors run
+  as prior_loop says, the batch in `microbatches` chunks."""
   from configs import toy_flow  # pylint: disable=g-import-not-at-top
   config = toy_flow.get_config(_VARIANT.value)
   config.model.remat = remat
+  config.training.prior_loop = prior_loop
+  config.training.microbatches = microbatches
   return config
 
 
@@ -140,31 +157,36 @@ def matmul_peak(size, repeats):
 
 
 def parse_setting(text):
-  """'5x16384:true' -> (5, 16384, True)."""
-  shape, _, remat = text.partition(":")
+  """'5x16384:false:5' -> (5, 16384, False, 5); remat and microbatches may be left out."""
+  shape, _, rest = text.partition(":")
+  remat, _, microbatches = rest.partition(":")
   batch, _, length = shape.partition("x")
-  return int(batch), int(length), remat.strip().lower() in ("1", "true", "yes")
+  return (int(batch), int(length), remat.strip().lower() in ("1", "true", "yes"),
+          int(microbatches or 1))
 
 
-def time_flow_step(batch, length, remat, repeats):
-  """Compiles and times the paper flow train step, vmapped (as training runs it) and
-  prior-sharded (`jax_steps`); FLOPs from XLA and analytically."""
+def time_flow_step(batch, length, remat, microbatches, repeats):
+  """Compiles and times the paper flow train step (`jax_steps.train_step`) on one device
+  with the priors one after another ('map') and vmapped, and prior-sharded; FLOPs from
+  XLA and analytically."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
-  config = flow_config(remat)
+  config = flow_config(remat, "map", microbatches)
+  vmap_config = flow_config(remat, "vmap", microbatches)
   num_sources = len(config.data.source_names)
   data = toy_batch(config, batch, length)
   prior, optimizer, host_state = jax_steps.train_inputs(config, data, seed=1)
   analytic = flow_train_flops(config.model, num_sources, batch, length)
   result = {"batch": batch, "length": length, "num_sources": num_sources, "remat": remat,
-            "analytic_flops": analytic}
-  builders = {"vmapped": jax_steps.vmapped_train_step}
+            "microbatches": microbatches, "analytic_flops": analytic}
+  builders = {"map": (config, 1), "vmapped": (vmap_config, 1)}
   if jax.device_count() >= num_sources:
-    builders["prior_sharded"] = jax_steps.prior_sharded_train_step
-  for name, build in builders.items():
+    builders["prior_sharded"] = (config, num_sources)
+  for name, (step_config, devices) in builders.items():
     start = time.perf_counter()
-    run, compiled = build(prior, optimizer, host_state, data)
+    run, compiled = jax_steps.train_step(step_config, prior, optimizer, host_state, data,
+                                         devices)
     compile_s = time.perf_counter() - start
     step_s, all_s = median_time(run, repeats)
     result[name] = {"compile_s": compile_s, "step_s": step_s, "all_step_s": all_s,
@@ -180,7 +202,7 @@ def flops_part(settings, matmul_size, repeats):
   steps = []
   for text in settings:
     result = time_flow_step(*parse_setting(text), repeats)
-    for name in ("vmapped", "prior_sharded"):
+    for name in ("map", "vmapped", "prior_sharded"):
       if name not in result:
         continue
       timing = result[name]
@@ -207,25 +229,28 @@ def vm_status():
   return out
 
 
-def jax_memory_child(batch, length, remat, steps):
+def jax_memory_child(batch, length, remat, prior_loop, microbatches, prior_devices, steps):
   """Builds and runs `steps` paper flow train steps; the process's peak and XLA's
   buffers. step_bytes: the compiled step's temporaries and arguments (its outputs alias
-  the donated state)."""
+  the donated state), on all prior_devices devices together."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_num_cpu_devices", prior_devices)
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   baseline = vm_status()["VmRSS"]
-  config = flow_config(remat)
+  config = flow_config(remat, prior_loop, microbatches)
   data = toy_batch(config, batch, length)
-  run, compiled = jax_steps.vmapped_train_step(
-      *jax_steps.train_inputs(config, data, seed=1), data)
-  analysis = compiled.memory_analysis()
+  run, compiled = jax_steps.train_step(
+      config, *jax_steps.train_inputs(config, data, seed=1), data, prior_devices)
+  analysis = compiled.memory_analysis()  # one device's share
   for _ in range(steps):
     run()
   return {"baseline_bytes": baseline, "peak_bytes": vm_status()["VmHWM"],
-          "step_bytes": analysis.temp_size_in_bytes + analysis.argument_size_in_bytes,
-          "xla_temp_bytes": analysis.temp_size_in_bytes,
-          "xla_argument_bytes": analysis.argument_size_in_bytes,
-          "xla_output_bytes": analysis.output_size_in_bytes}
+          "step_bytes": prior_devices * (analysis.temp_size_in_bytes
+                                         + analysis.argument_size_in_bytes),
+          "xla_temp_bytes": prior_devices * analysis.temp_size_in_bytes,
+          "xla_argument_bytes": prior_devices * analysis.argument_size_in_bytes,
+          "xla_output_bytes": prior_devices * analysis.output_size_in_bytes}
 
 
 def torch_memory_child(batch, length):
@@ -249,26 +274,50 @@ def torch_memory_child(batch, length):
   return {"baseline_bytes": baseline, "peak_bytes": peak, "step_bytes": peak - baseline}
 
 
-def measure_memory(framework, batch, length, remat=False, steps=2):
+class Way(NamedTuple):
+  """How a memory run trains: the framework and, for JAX, remat and config.training's
+  prior_loop and microbatches."""
+  framework: str  # 'jax' | 'torch'
+  remat: bool = False
+  prior_loop: str = "vmap"
+  microbatches: int = 1
+  prior_devices: int = 1  # > 1: that many CPU devices, one process
+
+  def __str__(self):
+    if self.framework == "torch":
+      return "torch"
+    return (f"jax {self.prior_loop} remat={self.remat}"
+            + (f" microbatches={self.microbatches}" if self.microbatches > 1 else "")
+            + (f" prior_devices={self.prior_devices}" if self.prior_devices > 1 else ""))
+
+
+MEMORY_WAYS = (Way("jax", False, "vmap"), Way("jax", True, "vmap"), Way("jax", False, "map"),
+               Way("torch"))
+
+
+def measure_memory(way, batch, length, steps=2):
   """Runs one memory setting in a fresh python: {'peak_bytes': ..., 'step_bytes': ...}.
   steps=0 (JAX): compile only, for XLA's buffer sizes."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "memory.json")
-    command = [sys.executable, os.path.abspath(__file__), f"--child={framework}",
-               f"--child_batch={batch}", f"--child_remat={remat}", f"--child_steps={steps}",
+    command = [sys.executable, os.path.abspath(__file__), f"--child={way.framework}",
+               f"--child_batch={batch}", f"--child_remat={way.remat}",
+               f"--child_prior_loop={way.prior_loop}",
+               f"--child_microbatches={way.microbatches}",
+               f"--child_prior_devices={way.prior_devices}", f"--child_steps={steps}",
                f"--memory_length={length}", f"--variant={_VARIANT.value}",
                f"--child_out={out}"]
     subprocess.run(command, check=True, cwd=ROOT)
     with open(out) as f:
       result = json.load(f)
-  result.update(framework=framework, batch=batch, length=length, remat=remat, steps=steps)
-  print(f"memory {framework:5s} remat={remat!s:5s} batch {batch}: step "
-        f"{result['step_bytes'] / GIB:.2f} GiB, process peak {result['peak_bytes'] / GIB:.2f} "
-        f"GiB{' (compiled, not run)' if not steps else ''}", flush=True)
+  result.update(way._asdict(), batch=batch, length=length, steps=steps)
+  print(f"memory {way} batch {batch}: step {result['step_bytes'] / GIB:.2f} GiB, process "
+        f"peak {result['peak_bytes'] / GIB:.2f} GiB"
+        f"{' (compiled, not run)' if not steps else ''}", flush=True)
   return result
 
 
-def largest_batch(framework, remat, length, known, budget, max_bytes):
+def largest_batch(way, length, known, budget, max_bytes):
   """Largest batch whose step memory (`step_bytes`) stays under `budget` bytes.
 
   known: {batch: step bytes} at batches 1 and 2. A line through them predicts the
@@ -278,16 +327,16 @@ def largest_batch(framework, remat, length, known, budget, max_bytes):
   """
   slope = known[2] - known[1]
   if slope <= 0:
-    raise ValueError(f"{framework} remat={remat}: the step memory does not grow from batch "
-                     f"1 to 2 ({known[1]} -> {known[2]} bytes); no line to extrapolate.")
+    raise ValueError(f"{way}: the step memory does not grow from batch 1 to 2 "
+                     f"({known[1]} -> {known[2]} bytes); no line to extrapolate.")
   intercept = known[1] - slope
-  steps = 0 if framework == "jax" else 2
+  steps = 0 if way.framework == "jax" else 2
 
   def fits(b):
     if b not in known:
       if intercept + slope * b > max_bytes:
         return None
-      known[b] = measure_memory(framework, b, length, remat, steps)["step_bytes"]
+      known[b] = measure_memory(way, b, length, steps)["step_bytes"]
     return known[b] <= budget
 
   best = max(0, int((budget - intercept) // slope))
@@ -298,26 +347,27 @@ def largest_batch(framework, remat, length, known, budget, max_bytes):
   return best, fits(best + 1) is False
 
 
-def memory_part(batches, length, budget_gib, max_gib):
-  ways = [("jax", False), ("jax", True), ("torch", False)]
+def memory_part(batches, length, budget_gib, max_gib, paper_batch):
   budget, max_bytes = budget_gib * GIB, max_gib * GIB
   same_batch, largest = [], []
-  for framework, remat in ways:
+  for way in MEMORY_WAYS:
     known = {}
     for batch in batches:
-      result = measure_memory(framework, batch, length, remat)
+      result = measure_memory(way, batch, length)
       same_batch.append(result)
       known[batch] = result["step_bytes"]
     if 1 in known and 2 in known:
-      best, confirmed = largest_batch(framework, remat, length, known, budget, max_bytes)
-      largest.append({"framework": framework, "remat": remat, "length": length,
-                      "budget_gib": budget_gib, "largest_batch": best,
-                      "next_batch_checked": confirmed,
+      best, confirmed = largest_batch(way, length, known, budget, max_bytes)
+      largest.append({**way._asdict(), "length": length, "budget_gib": budget_gib,
+                      "largest_batch": best, "next_batch_checked": confirmed,
                       "step_gib": {b: v / GIB for b, v in sorted(known.items())}})
-      print(f"largest batch under {budget_gib} GiB of step memory, {framework} remat={remat}: "
+      print(f"largest batch under {budget_gib} GiB of step memory, {way}: "
             f"{best}{'' if confirmed else ' (the next batch was not run: over --max_gib)'}",
             flush=True)
-  return {"same_batch": same_batch, "largest_batch": largest}
+  paper = [measure_memory(way, paper_batch, length) for way in (
+      Way("jax", False, "map", paper_batch),
+      Way("jax", False, "map", paper_batch, common.NUM_PRIOR_DEVICES))]
+  return {"same_batch": same_batch, "largest_batch": largest, "paper_batch": paper}
 
 
 def main(argv):
@@ -325,7 +375,8 @@ def main(argv):
   if _CHILD.value:
     if _CHILD.value == "jax":
       result = jax_memory_child(_CHILD_BATCH.value, _MEMORY_LENGTH.value, _CHILD_REMAT.value,
-                                _CHILD_STEPS.value)
+                                _CHILD_PRIOR_LOOP.value, _CHILD_MICROBATCHES.value,
+                                _CHILD_PRIOR_DEVICES.value, _CHILD_STEPS.value)
     elif _CHILD.value == "torch":
       result = torch_memory_child(_CHILD_BATCH.value, _MEMORY_LENGTH.value)
     else:
@@ -344,7 +395,7 @@ def main(argv):
   if "memory" in _PARTS.value:
     batches = [int(b) for b in _MEMORY_BATCHES.value]
     results["memory"] = memory_part(batches, _MEMORY_LENGTH.value, _BUDGET_GIB.value,
-                                    _MAX_GIB.value)
+                                    _MAX_GIB.value, _PAPER_BATCH.value)
     write_results(results)
 
 
