@@ -73,7 +73,8 @@ def get_default_config():
   config.training.prior_devices = 1
   # How each device runs its priors in the train step (priors.map_priors): 'map' one
   # after another (each op on one prior's activations: faster on CPUs at the paper
-  # sizes), 'vmap' all at once (every matmul batched over the priors).
+  # sizes), 'vmap' all at once (every matmul batched over the priors). Chosen on a CPU;
+  # on GPUs and TPUs time both (benchmarks/compare_torch.py prints both).
   config.training.prior_loop = "map"
   # The train step averages the gradients of this many chunks of the batch, one after
   # another: the same update with 1/microbatches of the activation memory (batch_size
