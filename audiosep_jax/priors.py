@@ -140,9 +140,9 @@ def stack_init(prior, key, x):
   return jax.vmap(prior.init, in_axes=(0, 1))(keys, x)
 
 
-def stacked_log_prob(prior, params, x, loop="vmap", groups=1):
-  """params [K, ...], x [B, K, T] -> [B, K, T]: prior k scores source k (`map_priors`)."""
-  return map_priors(prior.log_prob, (0, 1), 1, loop, groups)(params, x)
+def stacked_log_prob(prior, params, x):
+  """params [K, ...], x [B, K, T] -> [B, K, T]: prior k scores source k."""
+  return jax.vmap(prior.log_prob, in_axes=(0, 1), out_axes=1)(params, x)
 
 
 def stacked_level_log_prob(prior, params, x, sigma, loop="vmap", groups=1):

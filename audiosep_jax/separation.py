@@ -492,15 +492,14 @@ def batch_separator(config, prior, stacked_params, sigmas, mesh=None):
   if mesh is None:
     from audiosep_jax import train  # pylint: disable=g-import-not-at-top
     mesh = train.mesh_from_config(config)
-  prior_loop = settings.prior_loop
 
   def make_sampler(params):
-    return get_sampler(make_score_fn(prior, params, sigmas, prior_loop), sigmas, weights,
-                       settings)
+    return get_sampler(make_score_fn(prior, params, sigmas, settings.prior_loop), sigmas,
+                       weights, settings)
 
   if settings.driver == "scan":
     def separation(params, key, mix, references=None):
-      score_fn = make_score_fn(prior, params, sigmas, prior_loop,
+      score_fn = make_score_fn(prior, params, sigmas, settings.prior_loop,
                                mesh.shape[pipeline.PRIOR_AXIS])
       return get_separation_fn(score_fn, sigmas, weights, settings)(key, mix, references)
 

@@ -196,11 +196,8 @@ def make_mesh(num_devices=0, prior_devices=1):
 
 def mesh_from_config(config):
   """The mesh of config.training.num_devices and prior_devices (training and separation),
-  checked against the K sources; checks config.training.prior_loop too."""
+  checked against the K sources."""
   training = config.training
-  if training.prior_loop not in priors.PRIOR_LOOPS:
-    raise ValueError(f"config.training.prior_loop={training.prior_loop!r}: expected one of "
-                     f"{priors.PRIOR_LOOPS}.")
   num_sources = len(config.data.source_names)
   if training.prior_devices < 1 or num_sources % training.prior_devices:
     raise ValueError(f"config.training.prior_devices={training.prior_devices} must divide "
@@ -209,8 +206,12 @@ def mesh_from_config(config):
 
 
 def make_train_mesh(config):
-  """`mesh_from_config`, checked against the batch size and microbatches."""
+  """`mesh_from_config`, checked against the batch size and microbatches; checks
+  config.training.prior_loop too."""
   training = config.training
+  if training.prior_loop not in priors.PRIOR_LOOPS:
+    raise ValueError(f"config.training.prior_loop={training.prior_loop!r}: expected one of "
+                     f"{priors.PRIOR_LOOPS}.")
   mesh = mesh_from_config(config)
   data_devices = mesh.shape[DATA_AXIS]
   if training.microbatches < 1 or training.batch_size % (data_devices * training.microbatches):
