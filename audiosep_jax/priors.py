@@ -51,7 +51,8 @@ def flow_module(model_config):
       n_blocks=model_config.n_blocks, n_flows=model_config.n_flows,
       n_layers=model_config.n_layers, width=model_config.width,
       kernel_size=model_config.kernel_size, dilation_cycle=model_config.dilation_cycle,
-      actnorm_eps=model_config.get("actnorm_eps", 1e-6), remat=model_config.remat)
+      actnorm_eps=model_config.get("actnorm_eps", 1e-6), remat=model_config.remat,
+      residual_in_matmul=model_config.residual_in_matmul)
 
 
 def build_flow(model_config):

@@ -162,6 +162,7 @@ class ARSettings(NamedTuple):
   num_bins: int
   quantization: str
   mu: float
+  residual_in_matmul: bool
 
 
 def settings_from_config(model_config):
@@ -169,7 +170,7 @@ def settings_from_config(model_config):
       n_layers=int(model_config.n_layers), dilation_cycle=int(model_config.dilation_cycle),
       width=int(model_config.width), kernel_size=int(model_config.kernel_size),
       num_bins=int(model_config.num_bins), quantization=str(model_config.quantization),
-      mu=float(model_config.mu))
+      mu=float(model_config.mu), residual_in_matmul=bool(model_config.residual_in_matmul))
   check_quantization(settings.num_bins, settings.quantization, settings.mu)
   for name in ("n_layers", "dilation_cycle", "width", "kernel_size"):
     if getattr(settings, name) < 1:
@@ -183,7 +184,7 @@ def network(settings):
   return wavenet.WaveNet(
       out_channels=settings.num_bins, width=settings.width, n_layers=settings.n_layers,
       kernel_size=settings.kernel_size, dilation_cycle=settings.dilation_cycle, causal=True,
-      residual_in_matmul=True)
+      residual_in_matmul=settings.residual_in_matmul)
 
 
 def receptive_field(settings):

@@ -36,26 +36,25 @@ def gate(h):
 
 
 def conv1d(x, kernel, bias, dilation=1, padding=(0, 0)):
-  """A 1-D convolution computed as one matmul over its shifted taps.
+  """A 1-D convolution computed as one matmul per tap, summed.
 
   x: [B, T, C_in], kernel: [k, C_in, C_out] (nn.Conv's layout), bias: [C_out], padding:
   (before, after) samples -> [B, T + before + after - dilation (k - 1), C_out]. Tap j reads
-  input sample t - before + j * dilation. Written as concat_j(x shifted) @ kernel reshaped
-  [k C_in, C_out] rather than `lax.conv_general_dilated`: on XLA:CPU the vmapped (grouped)
+  input sample t - before + j * dilation. Written as sum_j (x shifted by j dilation) @
+  kernel[j] rather than `lax.conv_general_dilated`: on XLA:CPU the vmapped (grouped)
   convolutions of K stacked priors spend more time in layout copies than in arithmetic,
   and convolutions inside compiled loops fall back to naive kernels (jax issue 12868);
-  batched dots do neither (benchmarks/README.md).
+  batched dots do neither. Summing per-tap matmuls rather than concatenating the taps
+  into one matmul saves writing the concatenation (benchmarks/README.md).
   """
   k = kernel.shape[0]
   if any(padding):
     x = jnp.pad(x, ((0, 0), tuple(padding), (0, 0)))
   length = x.shape[1] - dilation * (k - 1)
-  if k == 1:
-    taps = x
-  else:
-    taps = jnp.concatenate([x[:, j * dilation:j * dilation + length] for j in range(k)],
-                           axis=-1)
-  return taps @ kernel.reshape(-1, kernel.shape[-1]) + bias
+  out = bias
+  for j in range(k):
+    out = out + x[:, j * dilation:j * dilation + length] @ kernel[j]
+  return out
 
 
 class ConvParams(nn.Module):
@@ -79,10 +78,11 @@ class ResidualLayer(nn.Module):
 
   The residual and skip 1x1 convolutions read the same gated activations, so they run
   as one matmul against their two kernels side by side. residual_in_matmul=True also
-  moves the residual stream into that matmul, [h, z] @ [[I, 0], [W_res, W_skip]] * scale
-  (the same function, twice that matmul's arithmetic): its output is materialised, where
-  XLA:CPU would otherwise re-fuse the elementwise chain h <- (h + residual) * sqrt(0.5)
-  into every later layer, work quadratic in the depth (benchmarks/README.md).
+  passes the residual stream through a matmul, h_next = h @ (scale I) + z @ (scale W_res)
+  + scale b_res (the same function, a width x width matmul more): its output is
+  materialised, where XLA:CPU would otherwise re-fuse the elementwise chain
+  h <- (h + residual) * sqrt(0.5) into every later layer, work quadratic in the depth
+  (benchmarks/README.md).
   """
   width: int
   kernel_size: int
@@ -104,17 +104,12 @@ class ResidualLayer(nn.Module):
     res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
     skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
     scale = math.sqrt(0.5)
-    if self.residual_in_matmul:
-      identity = jnp.eye(self.width, dtype=res_kernel.dtype)
-      kernel = jnp.block([[scale * identity, jnp.zeros_like(skip_kernel[0])],
-                          [scale * res_kernel[0], skip_kernel[0]]])
-      out = conv1d(jnp.concatenate([h, z], axis=-1), kernel[None],
-                   jnp.concatenate([scale * res_bias, skip_bias]))
-      return jnp.split(out, 2, axis=-1)
-    out = conv1d(z, jnp.concatenate([res_kernel, skip_kernel], axis=-1),
-                 jnp.concatenate([res_bias, skip_bias]))
+    out = conv1d(z, jnp.concatenate([scale * res_kernel, skip_kernel], axis=-1),
+                 jnp.concatenate([scale * res_bias, skip_bias]))
     residual, skip = jnp.split(out, 2, axis=-1)
-    return (h + residual) * scale, skip
+    if self.residual_in_matmul:
+      return h @ (scale * jnp.eye(self.width, dtype=h.dtype)) + residual, skip
+    return h * scale + residual, skip
 
 
 class WaveNet(nn.Module):
@@ -131,7 +126,7 @@ class WaveNet(nn.Module):
   dilation_cycle: int = 10
   causal: bool = False
   zero_init_head: bool = False
-  residual_in_matmul: bool = False  # See ResidualLayer: faster for deep stacks on XLA:CPU.
+  residual_in_matmul: bool = False  # See ResidualLayer (config.model.residual_in_matmul).
 
   @nn.compact
   def __call__(self, x):
