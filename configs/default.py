@@ -52,6 +52,10 @@ def get_default_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.family = "flow"
+  # Both families: each WaveNet layer passes its residual stream through a width x width
+  # matmul (wavenet.ResidualLayer), which keeps XLA:CPU from recomputing the stream in
+  # every later layer (benchmarks/README.md); on GPUs and TPUs time both.
+  config.model.residual_in_matmul = True
 
   config.training = ml_collections.ConfigDict()
   config.training.batch_size = 5

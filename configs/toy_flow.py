@@ -21,10 +21,6 @@ def get_config(arg=None):
   # Recompute each flow step in the backward pass (flow.remat_after_cotangent): a peak
   # about 10x lower at the paper setting, about a third more arithmetic.
   model.remat = False
-  # The residual stream through a width x width matmul (wavenet.ResidualLayer): on
-  # XLA:CPU it keeps XLA from recomputing the stream in every later layer (benchmarks/
-  # README.md); on GPUs and TPUs time both.
-  model.residual_in_matmul = True
 
   default.set_run_sizes(config, variant)
   if variant == "demo":

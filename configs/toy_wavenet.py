@@ -22,10 +22,6 @@ def get_config(arg=None):
   # 'linear' (mixing is linear in the waveform, PnF) or 'mu_law'.
   model.quantization = "linear"
   model.mu = 255.0
-  # The residual stream through a width x width matmul (wavenet.ResidualLayer): on
-  # XLA:CPU it keeps XLA from recomputing the stream in every later layer (benchmarks/
-  # README.md); on GPUs and TPUs time both.
-  model.residual_in_matmul = True
   # The 2020 code's WaveNet crops (toy) and batch.
   config.data.crop_length = 3_075
   config.training.batch_size = 2
