@@ -9,7 +9,8 @@ flops   In one process: a float32 matmul (`--matmul_size`, JAX and torch, median
         (`train.step_from_config`) is timed at each `--flops_settings` (batch x crop,
         K = 4 priors, remat, microbatches), three ways (`jax_steps`): on one device with
         the priors one after another (training.prior_loop='map', the default) and
-        vmapped, and prior-sharded over 4 CPU devices. FLOPs of the step: an analytic
+        vmapped, and prior-sharded over `--prior_devices` CPU devices (4: one prior
+        each; 2: one device per core of this machine, two priors each). FLOPs of the step: an analytic
         count of every convolution (`flow_train_flops`: forward, and twice that for the
         input and weight gradients), cross-checked with XLA's `cost_analysis()['flops']`
         of the vmapped step (a scan's body is counted once; the prior-sharded
@@ -27,8 +28,9 @@ memory  Every setting in a fresh subprocess that builds the step, runs 2 steps a
         `--memory_batches` x `--memory_length`; then, for each way, the largest batch
         whose step memory stays under `--budget_gib` (`largest_batch`). Then the paper's
         batch (`--paper_batch`) with one example per microbatch
-        (training.microbatches), priors one after another, on one device and on 4 CPU
-        devices (training.prior_devices=4; XLA's buffers of all devices together).
+        (training.microbatches), priors one after another, on one device and on
+        `--prior_devices` CPU devices (training.prior_devices; XLA's buffers of all
+        devices together).
 """
 import json
 import os
@@ -54,6 +56,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported)."
 _FLOPS_SETTINGS = flags.DEFINE_list(
     "flops_settings", ["1x4096:false:1", "5x16384:false:5"],
     "Flow train steps to time, `batch x crop : remat : microbatches`.")
+_PRIOR_DEVICES = flags.DEFINE_integer(
+    "prior_devices", common.NUM_PRIOR_DEVICES,
+    "CPU devices of the prior-sharded runs (training.prior_devices): a divisor of K = 4.")
 _PAPER_BATCH = flags.DEFINE_integer("paper_batch", 5, "The paper's batch (memory part).")
 _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["1", "2"],
                                     "Batches at which all three ways are measured.")
@@ -165,10 +170,10 @@ def parse_setting(text):
           int(microbatches or 1))
 
 
-def time_flow_step(batch, length, remat, microbatches, repeats):
+def time_flow_step(batch, length, remat, microbatches, repeats, prior_devices):
   """Compiles and times the paper flow train step (`jax_steps.train_step`) on one device
-  with the priors one after another ('map') and vmapped, and prior-sharded; FLOPs from
-  XLA and analytically."""
+  with the priors one after another ('map') and vmapped, and prior-sharded over
+  prior_devices devices; FLOPs from XLA and analytically."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
@@ -179,10 +184,11 @@ def time_flow_step(batch, length, remat, microbatches, repeats):
   prior, optimizer, host_state = jax_steps.train_inputs(config, data, seed=1)
   analytic = flow_train_flops(config.model, num_sources, batch, length)
   result = {"batch": batch, "length": length, "num_sources": num_sources, "remat": remat,
-            "microbatches": microbatches, "analytic_flops": analytic}
+            "microbatches": microbatches, "prior_devices": prior_devices,
+            "analytic_flops": analytic}
   builders = {"map": (config, 1), "vmapped": (vmap_config, 1)}
-  if jax.device_count() >= num_sources:
-    builders["prior_sharded"] = (config, num_sources)
+  if jax.device_count() >= prior_devices:
+    builders["prior_sharded"] = (config, prior_devices)
   for name, (step_config, devices) in builders.items():
     start = time.perf_counter()
     run, compiled = jax_steps.train_step(step_config, prior, optimizer, host_state, data,
@@ -196,12 +202,12 @@ def time_flow_step(batch, length, remat, microbatches, repeats):
   return result
 
 
-def flops_part(settings, matmul_size, repeats):
+def flops_part(settings, matmul_size, repeats, prior_devices):
   peak = matmul_peak(matmul_size, repeats)
   print(f"matmul peak: {peak}", flush=True)
   steps = []
   for text in settings:
-    result = time_flow_step(*parse_setting(text), repeats)
+    result = time_flow_step(*parse_setting(text), repeats, prior_devices)
     for name in ("map", "vmapped", "prior_sharded"):
       if name not in result:
         continue
@@ -347,7 +353,7 @@ def largest_batch(way, length, known, budget, max_bytes):
   return best, fits(best + 1) is False
 
 
-def memory_part(batches, length, budget_gib, max_gib, paper_batch):
+def memory_part(batches, length, budget_gib, max_gib, paper_batch, prior_devices):
   budget, max_bytes = budget_gib * GIB, max_gib * GIB
   same_batch, largest = [], []
   for way in MEMORY_WAYS:
@@ -366,7 +372,7 @@ def memory_part(batches, length, budget_gib, max_gib, paper_batch):
             flush=True)
   paper = [measure_memory(way, paper_batch, length) for way in (
       Way("jax", False, "map", paper_batch),
-      Way("jax", False, "map", paper_batch, common.NUM_PRIOR_DEVICES))]
+      Way("jax", False, "map", paper_batch, prior_devices))]
   return {"same_batch": same_batch, "largest_batch": largest, "paper_batch": paper}
 
 
@@ -389,13 +395,14 @@ def main(argv):
   results = common.machine_info()
   if "flops" in _PARTS.value:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
-    results["flops"] = flops_part(_FLOPS_SETTINGS.value, _MATMUL_SIZE.value, _REPEATS.value)
+    jax.config.update("jax_num_cpu_devices", _PRIOR_DEVICES.value)
+    results["flops"] = flops_part(_FLOPS_SETTINGS.value, _MATMUL_SIZE.value, _REPEATS.value,
+                                  _PRIOR_DEVICES.value)
     write_results(results)
   if "memory" in _PARTS.value:
     batches = [int(b) for b in _MEMORY_BATCHES.value]
     results["memory"] = memory_part(batches, _MEMORY_LENGTH.value, _BUDGET_GIB.value,
-                                    _MAX_GIB.value, _PAPER_BATCH.value)
+                                    _MAX_GIB.value, _PAPER_BATCH.value, _PRIOR_DEVICES.value)
     write_results(results)
 
 
