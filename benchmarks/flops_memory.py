@@ -10,11 +10,11 @@ flops   In one process: a float32 matmul (`--matmul_size`, JAX and torch, median
         K = 4 priors, remat, microbatches), three ways (`jax_steps`): on one device with
         the priors one after another (training.prior_loop='map', the default) and
         vmapped, and prior-sharded over `--prior_devices` CPU devices (4: one prior
-        each; 2: one device per core of this machine, two priors each). FLOPs of the step: an analytic
-        count of every convolution (`flow_train_flops`: forward, and twice that for the
-        input and weight gradients), cross-checked with XLA's `cost_analysis()['flops']`
-        of the vmapped step (a scan's body is counted once; the prior-sharded
-        executable reports one device's share). Achieved =
+        each; 2: one device per core of this machine, two priors each). FLOPs of the
+        step: an analytic count of every convolution (`flow_train_flops`: forward, and
+        twice that for the input and weight gradients), cross-checked with XLA's
+        `cost_analysis()['flops']` of the vmapped step (a scan's body is counted once; the
+        prior-sharded executable reports one device's share). Achieved =
         analytic FLOPs / median step time, also as a fraction of the matmul peak. With
         remat the step recomputes each flow's forward pass; those FLOPs are not counted
         (model FLOPs, not hardware FLOPs).
