@@ -44,21 +44,23 @@ def _stepper(compiled, state, batch):
   return run
 
 
-def _prior_mesh(prior_devices):
-  """The training mesh of one data device and prior_devices devices of `prior`."""
+def _on_prior_devices(config, prior_devices):
+  """(a copy of config on one data device and prior_devices devices of `prior`, its mesh
+  from `train.mesh_from_config`, which checks prior_devices against the K sources)."""
   if len(jax.devices()) < prior_devices:
     raise ValueError(f"{prior_devices} prior devices wanted, JAX sees {len(jax.devices())}; "
                      f"on a CPU set jax_num_cpu_devices={prior_devices} before JAX starts.")
-  return train.make_mesh(prior_devices, prior_devices)
+  config = config.copy_and_resolve_references()
+  config.training.num_devices = prior_devices
+  config.training.prior_devices = prior_devices
+  return config, train.mesh_from_config(config)
 
 
 def train_step(config, prior, optimizer, host_state, batch, prior_devices=1):
   """The project's train step (`train.step_from_config`: config.training's prior_loop and
   microbatches) as `--mode=train` compiles it on one data device and prior_devices
   devices of the `prior` axis; batch [B, K, T] numpy."""
-  mesh = _prior_mesh(prior_devices)
-  config = config.copy_and_resolve_references()
-  config.training.prior_devices = prior_devices
+  config, mesh = _on_prior_devices(config, prior_devices)
   state = train.place_state(host_state, mesh)
   batch = jax.device_put(batch, pipeline.batch_sharding(mesh))
   step = train.step_from_config(prior, optimizer, config)
@@ -82,7 +84,7 @@ def score(config, prior, host_params, x, sigma, prior_devices=1):
   run as config.separation.prior_loop says, jitted with params and x split over the `prior`
   axis of prior_devices devices (as `--mode=separate` lays out its score; the sum over
   the priors is its one cross-device reduction)."""
-  mesh = _prior_mesh(prior_devices)
+  _, mesh = _on_prior_devices(config, prior_devices)
   params = jax.device_put(host_params, NamedSharding(mesh, PartitionSpec(train.PRIOR_AXIS)))
   x = jax.device_put(x, pipeline.batch_sharding(mesh))
   total = _total_log_prob(prior, sigma, config.separation.prior_loop, prior_devices)
