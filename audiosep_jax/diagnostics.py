@@ -97,8 +97,8 @@ def score_sq_norm(prior, params, x, sigma):
   The score is grad_x of the example's log density sum_t log p(x)_t (priors and examples
   are independent, so one gradient of the total gives every example's score).
   """
-  total = lambda v: jnp.sum(priors.stacked_level_log_prob(prior, params, v, sigma))
-  return jnp.mean(jnp.square(jax.grad(total)(x)), axis=-1)
+  _, score = priors.stacked_level_score(prior, params, x, sigma)
+  return jnp.mean(jnp.square(score), axis=-1)
 
 
 def auroc(positive, negative):

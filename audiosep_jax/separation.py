@@ -9,8 +9,8 @@ at once. One step at level i, for every source k:
 
 The second term is the gradient of the Gaussian mixing likelihood log N(m; sum_j a_j x_j,
 gamma_i^2 I). The separator needs only `score_fn(level, x[B, K, T]) -> [B, K, T]`
-(`make_score_fn` builds it from a family's stacked [L, K, ...] params with `jax.grad`;
-any JAX function will do). An outer `lax.scan` runs over the levels and an inner one over
+(`make_score_fn` builds it from a family's stacked [L, K, ...] params with
+`priors.stacked_level_score`; any JAX function will do). An outer `lax.scan` runs over the levels and an inner one over
 the steps, so a separation is one compiled call (`separate`, `get_separation_fn`). Keys:
 `init_key, run_key = split(key)`; step s of level i uses fold_in(fold_in(run_key, i), s).
 `loop_separation` drives the same steps from Python, one jitted step per call, with the
@@ -257,7 +257,8 @@ def make_score_fn(prior, stacked_params, sigmas, prior_loop="vmap", prior_groups
 
   stacked_params: [L, K, ...] in the order of `sigmas`; the score at level i is the
   gradient in x of sum log p_k(x_k) under `prior.level_log_prob` at sigma_i, the K priors
-  run as `priors.map_priors(loop=prior_loop, groups=prior_groups)` says.
+  run as `priors.map_priors(loop=prior_loop, groups=prior_groups)` says, each prior's
+  gradient inside the loop (`priors.stacked_level_score`).
   """
   sigmas = jnp.asarray(sigmas, jnp.float32)
   num_levels = jax.tree.leaves(stacked_params)[0].shape[0]
@@ -267,9 +268,9 @@ def make_score_fn(prior, stacked_params, sigmas, prior_loop="vmap", prior_groups
 
   def score_fn(level, x):
     params = priors.index_level(stacked_params, level)
-    total = lambda v: jnp.sum(priors.stacked_level_log_prob(
-        prior, params, v, sigmas[level], prior_loop, prior_groups))
-    return jax.grad(total)(x)
+    _, score = priors.stacked_level_score(prior, params, x, sigmas[level], prior_loop,
+                                          prior_groups)
+    return score
 
   return score_fn
 

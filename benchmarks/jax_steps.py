@@ -68,13 +68,6 @@ def train_step(config, prior, optimizer, host_state, batch, prior_devices=1):
   return _stepper(compiled, state, batch), compiled
 
 
-def _total_log_prob(prior, sigma, prior_loop, prior_groups):
-  def total(params, x):
-    return jnp.sum(priors.stacked_level_log_prob(prior, params, x, sigma, prior_loop,
-                                                 prior_groups))
-  return total
-
-
 def _caller(compiled, *args):
   return lambda: jax.block_until_ready(compiled(*args))
 
@@ -87,6 +80,11 @@ def score(config, prior, host_params, x, sigma, prior_devices=1):
   _, mesh = _on_prior_devices(config, prior_devices)
   params = jax.device_put(host_params, NamedSharding(mesh, PartitionSpec(train.PRIOR_AXIS)))
   x = jax.device_put(x, pipeline.batch_sharding(mesh))
-  total = _total_log_prob(prior, sigma, config.separation.prior_loop, prior_devices)
-  compiled = jax.jit(jax.value_and_grad(total, argnums=1)).lower(params, x).compile()
+  loop = config.separation.prior_loop
+
+  def total_and_score(params, x):
+    log_prob, score = priors.stacked_level_score(prior, params, x, sigma, loop, prior_devices)
+    return jnp.sum(log_prob), score
+
+  compiled = jax.jit(total_and_score).lower(params, x).compile()
   return _caller(compiled, params, x), compiled

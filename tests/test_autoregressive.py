@@ -200,6 +200,23 @@ class DensityTest(parameterized.TestCase):
     self.assertTrue(np.all(grad_smooth != 0.0))
     self.assertLess(float(grad_smooth[0, 10]), 0.0)  # pulled back towards [-1, 1]
 
+  def test_stacked_level_score_is_the_gradient_of_the_summed_density(self):
+    # Each prior's gradient taken inside the loop over priors equals the gradient of the
+    # sum over all priors, whichever way the priors run.
+    x = sources(self.config, 2, 48, seed=1)  # [B, K, T]
+    params = priors.stack_init(self.fns, jax.random.key(1), x)
+    sigma = jnp.float32(0.05)
+    total = lambda v: jnp.sum(priors.stacked_level_log_prob(self.fns, params, v, sigma))
+    expected_log_prob = priors.stacked_level_log_prob(self.fns, params, x, sigma)
+    expected_score = jax.jit(jax.grad(total))(x)
+    self.assertGreater(float(jnp.std(expected_score)), 0.0)
+    for loop, groups in (("map", 1), ("map", 2), ("vmap", 1)):
+      log_prob, score = jax.jit(lambda v, loop=loop, groups=groups: priors.stacked_level_score(
+          self.fns, params, v, sigma, loop, groups))(x)
+      np.testing.assert_allclose(log_prob, expected_log_prob, rtol=1e-5, atol=1e-5,
+                                 err_msg=loop)
+      np.testing.assert_allclose(score, expected_score, rtol=1e-4, atol=1e-5, err_msg=loop)
+
   def test_log_density_is_log_bin_probability_minus_log_width(self):
     _, fns = build("test", quantization="mu_law")
     log_probs = jax.nn.log_softmax(fns.logits(self.params, self.x), axis=-1)
