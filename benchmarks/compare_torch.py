@@ -10,20 +10,24 @@ same architecture, the same weights (the JAX init, copied into `torch_reference`
 same batch of toy data and the same number of threads (every core this process may use).
 
 JAX: the project's own code (`jax_steps`): `train.step_from_config` compiled by
-`train.compile_train_step` (donated state), and `jax.value_and_grad` of
-`priors.stacked_level_log_prob`, jitted; each on one device (training.prior_devices=1)
-with the priors one after another ('map', training.prior_loop's default) and vmapped
-('vmap', separation.prior_loop's default), and with one prior per CPU device
-(training.prior_devices=4, the configs' default loops). The paper's own
-setting (batch 5) runs with training.microbatches=5 (one example's activations at a
+`train.compile_train_step` (donated state), and `priors.stacked_level_score` (log p and
+its gradient, each prior's inside the loop over priors), jitted; each on one device
+(training.prior_devices=1) with the priors one after another ('map', training.prior_loop's
+default) and vmapped ('vmap', separation.prior_loop's default), and with one prior per CPU
+device (training.prior_devices=4, the configs' default loops). The paper's own setting (batch 5) runs with training.microbatches=5 (one example's activations at a
 time, the same update; the torch reference keeps every activation). PyTorch:
 `torch_reference` (one module per source, Adam foreach), eager.
 
-Every case runs in a fresh subprocess (no state carried between cases): warm-up (JAX
-compile, then 2 calls of each), then `--rounds` rounds that time one measurement of each
-framework, alternating which goes first; a measurement repeats the call until it lasts
-`--min_measure_s` and reports the time per call. Reported: the median per call of each
-framework, and the ratio torch / jax (> 1: JAX is faster). The parent also records how
+Every case runs in fresh subprocesses (no state carried between cases), one per layout:
+the one-device runs ('map', 'vmap') in a process with one CPU device, the prior-sharded
+run in a process with K CPU devices (a process that asks for more CPU devices runs its
+one-device programs slower, benchmarks/README.md). Each process times PyTorch as well:
+warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that time one
+measurement of each runner, alternating which goes first; a measurement repeats the call
+until it lasts `--min_measure_s` and reports the time per call. Reported: the median per
+call of each runner, and the ratio torch / jax (> 1: JAX is faster) against the PyTorch
+times of the same process ('torch_s' of the one-device process, 'sharded_torch_s' of the
+prior-sharded one). The parent also records how
 busy the machine was with other processes during the case (from /proc/stat, less the
 child's own CPU time): timings taken on a busy machine are not comparable.
 """
@@ -45,6 +49,9 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# The JAX runs of one child process: one-device ('jax_map', 'jax_vmap') or prior-sharded.
+LAYOUTS = ("one_device", "prior_sharded")
+
 _CASES = flags.DEFINE_list("cases", None, "Cases to run (default: all of CASES).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per case (median reported).")
 _MIN_MEASURE_S = flags.DEFINE_float(
@@ -56,6 +63,8 @@ _PRIOR_SHARDED = flags.DEFINE_bool(
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: print only).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run this one case and write JSON.")
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
+_CHILD_LAYOUT = flags.DEFINE_enum("child_layout", "one_device", LAYOUTS,
+                                  "Internal: the JAX runs of the child.")
 
 
 class Case(NamedTuple):
@@ -107,14 +116,13 @@ def timed(fn, min_seconds):
       return elapsed / calls
 
 
-def jax_runners(case, config, batch_np, sigma, prior_sharded):
+def jax_runners(case, config, batch_np, sigma, layout):
   """{name: one call of the JAX work}, compile seconds per name, and the JAX params
-  [K, ...] on the host. On one device: 'jax_map' with the priors one after another and
-  'jax_vmap' with them vmapped (training.prior_loop for a train step,
-  separation.prior_loop for a score); 'jax_prior_sharded', one prior per CPU device
-  (training.prior_devices=K), when JAX sees K devices (`main` asks for them). All with
-  the case's microbatches (`jax_steps`)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  [K, ...] on the host. layout 'one_device': 'jax_map' with the priors one after another
+  and 'jax_vmap' with them vmapped (training.prior_loop for a train step,
+  separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', one prior per
+  CPU device (training.prior_devices=K; `main` asks for K devices). All with the case's
+  microbatches (`jax_steps`)."""
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
@@ -131,11 +139,11 @@ def jax_runners(case, config, batch_np, sigma, prior_sharded):
   else:
     make = lambda c, devices: jax_steps.score(c, prior, host_state.params, batch_np, sigma,
                                               devices)
-  builders = {"jax_map": lambda: make(with_loop("map"), 1),
-              "jax_vmap": lambda: make(with_loop("vmap"), 1),
-              "jax_prior_sharded": lambda: make(config, num_sources)}
-  if not (prior_sharded and jax.device_count() >= num_sources):
-    del builders["jax_prior_sharded"]
+  if layout == "one_device":
+    builders = {"jax_map": lambda: make(with_loop("map"), 1),
+                "jax_vmap": lambda: make(with_loop("vmap"), 1)}
+  else:
+    builders = {"jax_prior_sharded": lambda: make(config, num_sources)}
   runners, compile_s = {}, {}
   for name, build in builders.items():
     start = time.perf_counter()
@@ -169,8 +177,9 @@ def torch_runners(case, config, batch_np, host_params, sigma):
   return runners
 
 
-def run_case(name, rounds, min_measure_s, score_sigma, prior_sharded):
-  """Times one case in this process: {'<runner>_s': median seconds per call, ...}."""
+def run_case(name, rounds, min_measure_s, score_sigma, layout):
+  """Times one case's runs of `layout` and PyTorch in this process: {'<runner>_s': median
+  seconds per call, ...}."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
@@ -181,7 +190,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, prior_sharded):
   batch_np = np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch,
                                            case.length, config.data))
   sigma = score_sigma if case.family == "wavenet" else 0.0
-  runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, prior_sharded)
+  runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, layout)
   runners.update(torch_runners(case, config, batch_np, host_params, sigma))
   for run in runners.values():
     for _ in range(2):
@@ -243,10 +252,10 @@ def main(argv):
   del argv
   if _CHILD.value:
     import jax  # pylint: disable=g-import-not-at-top
-    if _PRIOR_SHARDED.value:
+    if _CHILD_LAYOUT.value == "prior_sharded":
       jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
     result = run_case(_CHILD.value, _ROUNDS.value, _MIN_MEASURE_S.value, _SCORE_SIGMA.value,
-                      _PRIOR_SHARDED.value)
+                      _CHILD_LAYOUT.value)
     common.write_json(_CHILD_OUT.value, result)
     return
   names = _CASES.value or list(CASES)
@@ -254,20 +263,39 @@ def main(argv):
   if unknown:
     raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(CASES)}.")
   child_flags = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
-                 f"--score_sigma={_SCORE_SIGMA.value}", f"--prior_sharded={_PRIOR_SHARDED.value}"]
+                 f"--score_sigma={_SCORE_SIGMA.value}"]
   results = []
   for name in names:
     result = run_in_subprocess(name, child_flags)
+    if _PRIOR_SHARDED.value:
+      sharded = run_in_subprocess(name, [*child_flags, "--child_layout=prior_sharded"])
+      result = merge_sharded(result, sharded)
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
       common.write_json(_OUT.value, {"machine": machine_info(), "results": results})
 
 
+def merge_sharded(result, sharded):
+  """The one-device child's result with the prior-sharded child's JAX times, its own
+  PyTorch times under 'sharded_' and its ratio torch / jax_prior_sharded."""
+  merged = dict(result)
+  for key in ("jax_prior_sharded_s", "jax_prior_sharded_all_s",
+              "torch_over_jax_prior_sharded"):
+    merged[key] = sharded[key]
+  merged["jax_compile_s"] = {**result["jax_compile_s"], **sharded["jax_compile_s"]}
+  for key, value in sharded.items():
+    if key.startswith("torch_") and not key.startswith("torch_over_"):
+      merged[f"sharded_{key}"] = value
+  merged["others_busy_fraction"] = max(result["others_busy_fraction"],
+                                       sharded["others_busy_fraction"])
+  return merged
+
+
 def summary_line(result):
   nan = float("nan")
   parts = [f"{result['case']:22s}"]
-  for key in (*JAX_RUNNERS, "torch"):
+  for key in (*JAX_RUNNERS, "torch", "sharded_torch"):
     if f"{key}_s" in result:
       parts.append(f"{key} {result[f'{key}_s']:.3f} s")
   if "torch_best" in result:
