@@ -94,8 +94,9 @@ def probe_log_prob(prior, params, x, sigma):
 def score_sq_norm(prior, params, x, sigma):
   """Mean over t of the squared score of each example: x [B, K, T] -> [B, K].
 
-  The score is grad_x of the example's log density sum_t log p(x)_t (priors and examples
-  are independent, so one gradient of the total gives every example's score).
+  The score is grad_x of the example's log density sum_t log p(x)_t (examples are
+  independent, so one gradient of each prior's total gives every example's score;
+  `priors.stacked_level_score`).
   """
   _, score = priors.stacked_level_score(prior, params, x, sigma)
   return jnp.mean(jnp.square(score), axis=-1)

@@ -10,9 +10,10 @@ at once. One step at level i, for every source k:
 The second term is the gradient of the Gaussian mixing likelihood log N(m; sum_j a_j x_j,
 gamma_i^2 I). The separator needs only `score_fn(level, x[B, K, T]) -> [B, K, T]`
 (`make_score_fn` builds it from a family's stacked [L, K, ...] params with
-`priors.stacked_level_score`; any JAX function will do). An outer `lax.scan` runs over the levels and an inner one over
-the steps, so a separation is one compiled call (`separate`, `get_separation_fn`). Keys:
-`init_key, run_key = split(key)`; step s of level i uses fold_in(fold_in(run_key, i), s).
+`priors.stacked_level_score`; any JAX function will do). An outer `lax.scan` runs over
+the levels and an inner one over the steps, so a separation is one compiled call
+(`separate`, `get_separation_fn`). Keys: `init_key, run_key = split(key)`; step s of
+level i uses fold_in(fold_in(run_key, i), s).
 `loop_separation` drives the same steps from Python, one jitted step per call, with the
 same result: --mode=separate uses it when config.separation.driver is 'loop'. The scan is
 the default; since the WaveNet's convolutions became matmuls, the two drivers run equally

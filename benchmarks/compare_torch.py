@@ -14,9 +14,10 @@ JAX: the project's own code (`jax_steps`): `train.step_from_config` compiled by
 its gradient, each prior's inside the loop over priors), jitted; each on one device
 (training.prior_devices=1) with the priors one after another ('map', training.prior_loop's
 default) and vmapped ('vmap', separation.prior_loop's default), and with one prior per CPU
-device (training.prior_devices=4, the configs' default loops). The paper's own setting (batch 5) runs with training.microbatches=5 (one example's activations at a
-time, the same update; the torch reference keeps every activation). PyTorch:
-`torch_reference` (one module per source, Adam foreach), eager.
+device (training.prior_devices=4, the configs' default loops). The paper's own setting
+(batch 5) runs with training.microbatches=5 (one example's activations at a time, the
+same update; the torch reference keeps every activation). PyTorch: `torch_reference`
+(one module per source, Adam foreach), eager.
 
 Every case runs in fresh subprocesses (no state carried between cases), one per layout:
 the one-device runs ('map', 'vmap') in a process with one CPU device, the prior-sharded
@@ -27,9 +28,9 @@ measurement of each runner, alternating which goes first; a measurement repeats 
 until it lasts `--min_measure_s` and reports the time per call. Reported: the median per
 call of each runner, and the ratio torch / jax (> 1: JAX is faster) against the PyTorch
 times of the same process ('torch_s' of the one-device process, 'sharded_torch_s' of the
-prior-sharded one). The parent also records how
-busy the machine was with other processes during the case (from /proc/stat, less the
-child's own CPU time): timings taken on a busy machine are not comparable.
+prior-sharded one). The parent also records how busy the machine was with other
+processes during the case (from /proc/stat, less the child's own CPU time): timings taken
+on a busy machine are not comparable.
 """
 import json
 import os
