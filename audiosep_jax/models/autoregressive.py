@@ -34,12 +34,13 @@ pure step over the params tree); `naive_sample_bins` reruns the whole network on
 prefix for every sample. Both draw step t with `jax.random.fold_in(key, t)`, so they
 sample the same bins for the same key. Samples are bin centres (midpoints in the waveform).
 """
+import functools
+import math
 from typing import Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr
 
 from audiosep_jax import priors
 from audiosep_jax.models import wavenet
@@ -104,31 +105,23 @@ def make_bins(num_bins, quantization, mu):
 # Densities from logits -----------------------------------------------------------------
 
 
-def log_normal_tails(z):
-  """z [...] -> (log Phi(z), log Phi(-z)), one log_ndtr each: the smaller tail directly,
-  the larger one (at least 1/2) as log1p of minus the smaller."""
-  small = log_ndtr(-jnp.abs(z))
-  large = jnp.log1p(-jnp.exp(small))
-  below = z <= 0
-  return jnp.where(below, small, large), jnp.where(below, large, small)
+# From this many standard deviations on, the normal tail is its asymptotic series
+# (float32 erfc underflows near 13); the first term left out is below 1e-7 relative there.
+ASYMPTOTIC_TAIL_FROM = 10.0
+SQRT_HALF = math.sqrt(0.5)
 
 
-def log_diff_from_tails(a, tails_a, tails_b):
-  """log(Phi(b) - Phi(a)) for a < b from `log_normal_tails` at a and at b.
-
-  Above 0 the symmetric form Phi(-a) - Phi(-b) keeps both terms in the lower tail.
-  """
-  flip = a > 0
-  log_hi = jnp.where(flip, tails_a[1], tails_b[0])
-  log_lo = jnp.where(flip, tails_b[1], tails_a[0])
-  # Guard against log(0) where the two CDFs round to the same float.
-  delta = jnp.minimum(log_lo - log_hi, -1e-30)
-  return log_hi + jnp.log(-jnp.expm1(delta))
-
-
-def log_diff_ndtr(a, b):
-  """log(Phi(b) - Phi(a)) for a < b (elementwise), accurate in both tails."""
-  return log_diff_from_tails(a, log_normal_tails(a), log_normal_tails(b))
+def log_ndtr_lower(t):
+  """log Phi(-t) for t >= 0 (elementwise), one log each: log(erfc(t / sqrt 2) / 2) below
+  ASYMPTOTIC_TAIL_FROM, above it log of phi(t) / t (1 - t^-2 + 3 t^-4 - 15 t^-6 + 105 t^-8)."""
+  near = t < ASYMPTOTIC_TAIL_FROM
+  t_near = jnp.where(near, t, 0.0)
+  t_far = jnp.where(near, ASYMPTOTIC_TAIL_FROM, t)
+  u = 1.0 / jnp.square(t_far)
+  series = (1.0 + u * (-1.0 + u * (3.0 + u * (-15.0 + u * 105.0)))) / t_far
+  mantissa = jnp.where(near, 0.5 * jax.lax.erfc(t_near * SQRT_HALF), series)
+  exponent = jnp.where(near, 0.0, -0.5 * jnp.square(t_far) - priors.LOG_SQRT_2PI)
+  return exponent + jnp.log(mantissa)
 
 
 def bin_log_density(log_probs, target, bins, num_bins, quantization, mu):
@@ -138,16 +131,56 @@ def bin_log_density(log_probs, target, bins, num_bins, quantization, mu):
   return picked - bins.log_width[index]
 
 
+def _smoothed_parts(log_probs, target, sigma, bins):
+  """`smoothed_log_density` and what its derivatives need: (log density [B, T], z [B, T,
+  n + 1], the bins' shares of the density [B, T, n])."""
+  z = (bins.edges - target[..., None]) / sigma
+  tail = log_ndtr_lower(jnp.abs(z))  # the smaller normal tail at each edge
+  lower, upper = tail[..., :-1], tail[..., 1:]
+  # A bin on one side of the target: Phi at its nearer edge minus Phi at its farther one,
+  # both in the smaller tail; the guard keeps log(0) out where they round to one float.
+  near, far = jnp.maximum(lower, upper), jnp.minimum(lower, upper)
+  log_mass = near + jnp.log(-jnp.expm1(jnp.minimum(far - near, -1e-30)))
+  # The bin holding the target (at most one per sample): two error functions that add.
+  holds = (z[..., :-1] < 0) & (z[..., 1:] > 0)
+  z_lower = jnp.sum(jnp.where(holds, z[..., :-1], 0.0), axis=-1)
+  z_upper = jnp.sum(jnp.where(holds, z[..., 1:], 0.0), axis=-1)
+  log_held = jnp.log(0.5 * (jax.lax.erf(z_upper * SQRT_HALF) - jax.lax.erf(z_lower * SQRT_HALF)))
+  log_mass = jnp.where(holds, log_held[..., None], log_mass)
+  terms = log_probs - bins.log_width + log_mass
+  peak = jnp.max(terms, axis=-1, keepdims=True)
+  scaled = jnp.exp(terms - peak)
+  total = jnp.sum(scaled, axis=-1)
+  return peak[..., 0] + jnp.log(total), z, scaled / total[..., None]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def smoothed_log_density(log_probs, target, sigma, bins):
   """The piecewise-uniform density of log_probs [B, T, n] convolved with N(0, sigma^2),
-  at target [B, T] -> [B, T]; sigma > 0. The normal tails are evaluated once per bin edge
-  (n + 1 per sample), each bin's mass from its two edges."""
-  z = (bins.edges - target[..., None]) / sigma
-  log_cdf, log_sf = log_normal_tails(z)
-  lower = (log_cdf[..., :-1], log_sf[..., :-1])
-  upper = (log_cdf[..., 1:], log_sf[..., 1:])
-  log_mass = log_diff_from_tails(z[..., :-1], lower, upper)
-  return jax.nn.logsumexp(log_probs - bins.log_width + log_mass, axis=-1)
+  at target [B, T] -> [B, T]; sigma > 0 scalar, bins constant (no derivative).
+
+  The normal tail is evaluated once per bin edge (n + 1 per sample, `log_ndtr_lower`),
+  each bin's log mass from its two edges. Derivatives are written out, one exp per bin
+  and edge: d/d log_probs_b is bin b's share of the density, and d/d target (d/d sigma)
+  sums P_b / width_b (phi(z_upper) - phi(z_lower)) / density over the bins, times -1 / sigma
+  (with each phi(z) times z) -- rather than differentiating through the tails.
+  """
+  return _smoothed_parts(log_probs, target, sigma, bins)[0]
+
+
+@smoothed_log_density.defjvp
+def _smoothed_log_density_jvp(bins, primals, tangents):
+  log_probs, target, sigma = primals
+  d_log_probs, d_target, d_sigma = tangents
+  out, z, shares = _smoothed_parts(log_probs, target, sigma, bins)
+  # shares_b / mass_b = P_b / (width_b density), so no bin's mass appears alone.
+  level = log_probs - bins.log_width - out[..., None]
+  log_phi = -0.5 * jnp.square(z) - priors.LOG_SQRT_2PI
+  at_upper = jnp.exp(level + log_phi[..., 1:])
+  at_lower = jnp.exp(level + log_phi[..., :-1])
+  by_target = -jnp.sum(at_upper - at_lower, axis=-1) / sigma
+  by_sigma = -jnp.sum(at_upper * z[..., 1:] - at_lower * z[..., :-1], axis=-1) / sigma
+  return out, jnp.sum(shares * d_log_probs, axis=-1) + by_target * d_target + by_sigma * d_sigma
 
 
 # The network ---------------------------------------------------------------------------
