@@ -22,6 +22,10 @@ def get_config(arg=None):
   # 'linear' (mixing is linear in the waveform, PnF) or 'mu_law'.
   model.quantization = "linear"
   model.mu = 255.0
+  # The gate's tanh and sigmoid inputs as two matmuls against the halves of each layer's
+  # dilated kernel (wavenet.ResidualLayer): the same function, a faster Langevin score on
+  # a CPU (benchmarks/README.md); on GPUs and TPUs time both.
+  model.split_gate = True
   # The 2020 code's WaveNet crops (toy) and batch.
   config.data.crop_length = 3_075
   config.training.batch_size = 2

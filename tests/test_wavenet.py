@@ -32,14 +32,18 @@ def test_conv_params_initialise_as_nn_conv():
   np.testing.assert_array_equal(ours["bias"], theirs["bias"])
 
 
+@pytest.mark.parametrize("field", ["residual_in_matmul", "split_gate"])
 @pytest.mark.parametrize("causal,kernel_size", [(True, 2), (False, 3)])
-def test_residual_in_matmul_is_the_same_function(causal, kernel_size):
+def test_layout_fields_keep_the_parameters_and_the_function(field, causal, kernel_size):
   x = jax.random.normal(jax.random.key(4), (2, 64, 1))
-  make = lambda fold: wavenet.WaveNet(out_channels=3, width=8, n_layers=5,
-                                      kernel_size=kernel_size, dilation_cycle=3,
-                                      causal=causal, residual_in_matmul=fold)
+  make = lambda on: wavenet.WaveNet(out_channels=3, width=8, n_layers=5,
+                                    kernel_size=kernel_size, dilation_cycle=3,
+                                    causal=causal, **{field: on})
   params = make(False).init(jax.random.key(5), x)
   assert jax.tree.map(jnp.shape, make(True).init(jax.random.key(5), x)) == jax.tree.map(
       jnp.shape, params)
   np.testing.assert_allclose(make(True).apply(params, x), make(False).apply(params, x),
                              rtol=1e-5, atol=1e-5)
+  input_grads = [jax.grad(lambda v: jnp.sum(jnp.sin(make(on).apply(params, v))))(x)
+                 for on in (True, False)]
+  np.testing.assert_allclose(*input_grads, rtol=1e-4, atol=1e-5)

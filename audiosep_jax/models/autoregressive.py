@@ -196,6 +196,7 @@ class ARSettings(NamedTuple):
   quantization: str
   mu: float
   residual_in_matmul: bool
+  split_gate: bool
 
 
 def settings_from_config(model_config):
@@ -203,7 +204,8 @@ def settings_from_config(model_config):
       n_layers=int(model_config.n_layers), dilation_cycle=int(model_config.dilation_cycle),
       width=int(model_config.width), kernel_size=int(model_config.kernel_size),
       num_bins=int(model_config.num_bins), quantization=str(model_config.quantization),
-      mu=float(model_config.mu), residual_in_matmul=bool(model_config.residual_in_matmul))
+      mu=float(model_config.mu), residual_in_matmul=bool(model_config.residual_in_matmul),
+      split_gate=bool(model_config.split_gate))
   check_quantization(settings.num_bins, settings.quantization, settings.mu)
   for name in ("n_layers", "dilation_cycle", "width", "kernel_size"):
     if getattr(settings, name) < 1:
@@ -217,7 +219,7 @@ def network(settings):
   return wavenet.WaveNet(
       out_channels=settings.num_bins, width=settings.width, n_layers=settings.n_layers,
       kernel_size=settings.kernel_size, dilation_cycle=settings.dilation_cycle, causal=True,
-      residual_in_matmul=settings.residual_in_matmul)
+      residual_in_matmul=settings.residual_in_matmul, split_gate=settings.split_gate)
 
 
 def receptive_field(settings):
@@ -286,7 +288,7 @@ def make_step(settings):
       if span:
         buffer = jax.lax.dynamic_update_index_in_dim(buffer, h, cache.step % span, axis=1)
       buffers.append(buffer)
-      z = wavenet.gate(z)
+      z = wavenet.gate(*jnp.split(z, 2, axis=-1))
       skip_sum = skip_sum + _dense(z, layer["skip"])
       h = (h + _dense(z, layer["residual"])) * np.float32(np.sqrt(0.5))
     out = jax.nn.relu(_dense(jax.nn.relu(skip_sum), net["head_hidden"]))

@@ -29,9 +29,8 @@ def receptive_field(n_layers, dilation_cycle, kernel_size):
   return 1 + (kernel_size - 1) * sum(dilations(n_layers, dilation_cycle))
 
 
-def gate(h):
-  """h: [..., 2 C] -> tanh(first half) * sigmoid(second half): [..., C]."""
-  filt, gate_in = jnp.split(h, 2, axis=-1)
+def gate(filt, gate_in):
+  """filt, gate_in: [..., C] -> tanh(filt) * sigmoid(gate_in): [..., C]."""
   return jnp.tanh(filt) * jax.nn.sigmoid(gate_in)
 
 
@@ -83,12 +82,19 @@ class ResidualLayer(nn.Module):
   materialised, where XLA:CPU would otherwise re-fuse the elementwise chain
   h <- (h + residual) * sqrt(0.5) into every later layer, work quadratic in the depth
   (benchmarks/README.md).
+
+  split_gate=True computes the tanh and the sigmoid inputs as two matmuls against the two
+  halves of the dilated kernel (the same parameters and function): the backward pass then
+  adds their input gradients instead of concatenating their output gradients, which
+  makes the autoregressive WaveNet's Langevin score faster on a CPU and the flow slower
+  (benchmarks/README.md).
   """
   width: int
   kernel_size: int
   dilation: int
   causal: bool
   residual_in_matmul: bool = False
+  split_gate: bool = False
 
   @nn.compact
   def __call__(self, h):
@@ -99,8 +105,13 @@ class ResidualLayer(nn.Module):
       if self.kernel_size % 2 != 1:
         raise ValueError(f"A centred WaveNet needs an odd kernel_size, got {self.kernel_size}.")
       padding = (span // 2, span // 2)
-    dilated = ConvParams(self.width, 2 * self.width, self.kernel_size, name="dilated")()
-    z = gate(conv1d(h, *dilated, dilation=self.dilation, padding=padding))
+    kernel, bias = ConvParams(self.width, 2 * self.width, self.kernel_size, name="dilated")()
+    if self.split_gate:
+      filt, gate_in = (conv1d(h, kernel[..., half], bias[half], self.dilation, padding)
+                       for half in (slice(None, self.width), slice(self.width, None)))
+    else:
+      filt, gate_in = jnp.split(conv1d(h, kernel, bias, self.dilation, padding), 2, axis=-1)
+    z = gate(filt, gate_in)
     res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
     skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
     scale = math.sqrt(0.5)
@@ -127,6 +138,7 @@ class WaveNet(nn.Module):
   causal: bool = False
   zero_init_head: bool = False
   residual_in_matmul: bool = False  # See ResidualLayer (config.model.residual_in_matmul).
+  split_gate: bool = False  # See ResidualLayer (config.model.split_gate, WaveNet prior).
 
   @nn.compact
   def __call__(self, x):
@@ -134,7 +146,7 @@ class WaveNet(nn.Module):
     skip_sum = jnp.zeros_like(h)
     for i, dilation in enumerate(dilations(self.n_layers, self.dilation_cycle)):
       h, skip = ResidualLayer(self.width, self.kernel_size, dilation, self.causal,
-                              self.residual_in_matmul, name=f"layer_{i}")(h)
+                              self.residual_in_matmul, self.split_gate, name=f"layer_{i}")(h)
       skip_sum = skip_sum + skip
     out = nn.relu(skip_sum)
     out = nn.relu(conv1d(out, *ConvParams(self.width, self.width, name="head_hidden")()))
