@@ -239,6 +239,26 @@ def tiny_flow_config():
   return config
 
 
+class MapPriorsTest(absltest.TestCase):
+
+  def test_every_layout_matches_vmap(self):
+    # Prior k's params [K, 3], its source x[:, k] [B, K, T], a shared scale; two outputs.
+    def fn(params, source, scale):
+      return params["w"][0] * source + scale * params["w"][1:].sum(), jnp.cumsum(source, 0)
+
+    params = {"w": jnp.arange(12.0).reshape(4, 3)}
+    x = jax.random.normal(jax.random.key(0), (2, 4, 5))
+    expected = jax.vmap(fn, (0, 1, None), 1)(params, x, 0.5)
+    for groups in (1, 2, 4):
+      for rotated in ((), (1,), (0, 1)):
+        got = priors.map_priors(fn, (0, 1, None), 1, "map", groups, rotated)(
+            params, x, 0.5)
+        for want, have in zip(expected, got):
+          np.testing.assert_allclose(have, want, rtol=1e-6, err_msg=f"{groups} {rotated}")
+    with self.assertRaisesRegex(ValueError, "4 priors do not split into 3 groups"):
+      priors.map_priors(fn, (0, 1, None), 1, "map", 3)(params, x, 0.5)
+
+
 class FlowScoreTest(absltest.TestCase):
 
   def test_score_is_the_gradient_of_the_level_prior_and_both_drivers_agree(self):
