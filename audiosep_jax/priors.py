@@ -131,9 +131,9 @@ def map_priors(fn, in_axes, out_axes=0, loop="vmap", groups=1, rotated=()):
           args[i])
 
     def loop_group(indexed, turning):
-      def step(turning, per_prior):
-        per_prior = {**per_prior, **jax.tree.map(lambda leaf: leaf[0], turning)}
-        out = fn(*(per_prior[i] if i in per_prior else a for i, a in enumerate(args)))
+      def step(turning, indexed_slice):
+        this_prior = {**indexed_slice, **jax.tree.map(lambda leaf: leaf[0], turning)}
+        out = fn(*(this_prior.get(i, a) for i, a in enumerate(args)))
         return jax.tree.map(lambda leaf: jnp.roll(leaf, -1, axis=0), turning), out
 
       return jax.lax.scan(step, turning, indexed, length=num_priors // groups)[1]
