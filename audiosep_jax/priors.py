@@ -126,9 +126,10 @@ def map_priors(fn, in_axes, out_axes=0, loop="vmap", groups=1, rotated=()):
       raise ValueError(f"{num_priors} priors do not split into {groups} groups.")
 
     def grouped(i):
-      return jax.tree.map(lambda leaf: jnp.moveaxis(leaf, in_axes[i], 0).reshape(
-          groups, num_priors // groups, *leaf.shape[:in_axes[i]], *leaf.shape[in_axes[i] + 1:]),
-          args[i])
+      """Argument i with its K axis split into [groups, K // groups] in front."""
+      axis = in_axes[i]
+      return jax.tree.map(lambda leaf: jnp.moveaxis(leaf, axis, 0).reshape(
+          groups, num_priors // groups, *leaf.shape[:axis], *leaf.shape[axis + 1:]), args[i])
 
     def loop_group(indexed, turning):
       def step(turning, indexed_slice):
