@@ -75,10 +75,13 @@ class ConvParams(nn.Module):
 class ResidualLayer(nn.Module):
   """One gated dilated layer. h: [B, T, width] -> (h_next [B, T, width], skip [B, T, width]).
 
-  The residual and skip 1x1 convolutions read the same gated activations, so they run
-  as one matmul against their two kernels side by side. residual_in_matmul=True also
-  passes the residual stream through a matmul, h_next = h @ (scale I) + z @ (scale W_res)
-  + scale b_res (the same function, a width x width matmul more): its output is
+  The residual and skip 1x1 convolutions are two matmuls, though they read the same
+  gated activations: one matmul against their kernels side by side would need the
+  concatenation of their two cotangents in the backward pass, which costs more than it
+  saves (benchmarks/README.md), and the last layer's residual branch, whose output
+  nothing reads, is then dropped by the compiler. residual_in_matmul=True also passes
+  the residual stream through a matmul, h_next = h @ (scale I) + z @ (scale W_res) +
+  scale b_res (the same function, a width x width matmul more): its output is
   materialised, where XLA:CPU would otherwise re-fuse the elementwise chain
   h <- (h + residual) * sqrt(0.5) into every later layer, work quadratic in the depth
   (benchmarks/README.md).
@@ -115,9 +118,8 @@ class ResidualLayer(nn.Module):
     res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
     skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
     scale = math.sqrt(0.5)
-    out = conv1d(z, jnp.concatenate([scale * res_kernel, skip_kernel], axis=-1),
-                 jnp.concatenate([scale * res_bias, skip_bias]))
-    residual, skip = jnp.split(out, 2, axis=-1)
+    residual = conv1d(z, scale * res_kernel, scale * res_bias)
+    skip = conv1d(z, skip_kernel, skip_bias)
     if self.residual_in_matmul:
       return h @ (scale * jnp.eye(self.width, dtype=h.dtype)) + residual, skip
     return h * scale + residual, skip
