@@ -75,11 +75,11 @@ class ConvParams(nn.Module):
 class ResidualLayer(nn.Module):
   """One gated dilated layer. h: [B, T, width] -> (h_next [B, T, width], skip [B, T, width]).
 
-  The residual and skip 1x1 convolutions are two matmuls, though they read the same
-  gated activations: one matmul against their kernels side by side would need the
-  concatenation of their two cotangents in the backward pass, which costs more than it
-  saves (benchmarks/README.md), and the last layer's residual branch, whose output
-  nothing reads, is then dropped by the compiler. residual_in_matmul=True also passes
+  The residual and skip 1x1 convolutions read the same gated activations but run as two
+  matmuls: as one matmul against their kernels side by side, the backward pass would
+  concatenate their two cotangents, which costs more than it saves
+  (benchmarks/README.md); and the compiler drops the last layer's residual branch, whose
+  output nothing reads. residual_in_matmul=True also passes
   the residual stream through a matmul, h_next = h @ (scale I) + z @ (scale W_res) +
   scale b_res (the same function, a width x width matmul more): its output is
   materialised, where XLA:CPU would otherwise re-fuse the elementwise chain
