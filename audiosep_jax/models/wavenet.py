@@ -79,12 +79,13 @@ class ResidualLayer(nn.Module):
   matmuls: as one matmul against their kernels side by side, the backward pass would
   concatenate their two cotangents, which costs more than it saves
   (benchmarks/README.md); and the compiler drops the last layer's residual branch, whose
-  output nothing reads. residual_in_matmul=True also passes
-  the residual stream through a matmul, h_next = h @ (scale I) + z @ (scale W_res) +
-  scale b_res (the same function, a width x width matmul more): its output is
-  materialised, where XLA:CPU would otherwise re-fuse the elementwise chain
-  h <- (h + residual) * sqrt(0.5) into every later layer, work quadratic in the depth
-  (benchmarks/README.md).
+  output nothing reads.
+
+  residual_in_matmul=True passes the residual stream through a matmul too, h_next =
+  h @ (scale I) + z @ (scale W_res) + scale b_res (the same function, a width x width
+  matmul more): its output is materialised, where XLA:CPU would otherwise re-fuse the
+  elementwise chain h <- (h + residual) * sqrt(0.5) into every later layer, work
+  quadratic in the depth (benchmarks/README.md).
 
   split_gate=True computes the tanh and the sigmoid inputs as two matmuls against the two
   halves of the dilated kernel (the same parameters and function): the backward pass then
