@@ -3,7 +3,7 @@
   python benchmarks/compare_torch.py [--cases=flow_paper_train,...] [--rounds=7] \
       [--out=benchmarks/results/compare_torch.json]
 
-Cases (`CASES`): one training step (forward, backward, gradient clipping, Adam) of the
+Cases (`cases.CASES`): one training step (forward, backward, gradient clipping, Adam) of the
 K = 4 toy priors, and the Langevin inner step's model work, the sum of log p over all
 sources and its gradient with respect to the input x [B, K, T]. Both frameworks get the
 same architecture, the same weights (the JAX init, copied into `torch_reference`), the
@@ -35,12 +35,10 @@ on a busy machine are not comparable.
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -48,12 +46,13 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cases  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The JAX runs of one child process: one-device ('jax_map', 'jax_vmap') or prior-sharded.
 LAYOUTS = ("one_device", "prior_sharded")
 
-_CASES = flags.DEFINE_list("cases", None, "Cases to run (default: all of CASES).")
+_CASES = flags.DEFINE_list("cases", None, "Cases to run (default: all of cases.CASES).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per case (median reported).")
 _MIN_MEASURE_S = flags.DEFINE_float(
     "min_measure_s", 0.5, "A measurement repeats the call until it lasts this long.")
@@ -68,53 +67,7 @@ _CHILD_LAYOUT = flags.DEFINE_enum("child_layout", "one_device", LAYOUTS,
                                   "Internal: the JAX runs of the child.")
 
 
-class Case(NamedTuple):
-  """One comparison: `kind` 'train' (a train step) or 'score' (log p and d/dx)."""
-  family: str  # 'flow' | 'wavenet'
-  variant: str  # 'paper' | 'demo'
-  kind: str
-  batch: int
-  length: int
-  microbatches: int = 1  # JAX only: training.microbatches (the same update)
-
-
-# K = 4 toy sources in every case. Paper sizes at a CPU-feasible batch and crop, the
-# paper's own toy setting where it fits, and the demo variant's batch and crop.
-CASES = {
-    "flow_paper_train": Case("flow", "paper", "train", 1, 4_096),
-    "flow_paper_train_b2": Case("flow", "paper", "train", 2, 16_384),
-    "flow_paper_train_full": Case("flow", "paper", "train", 5, 16_384, microbatches=5),
-    "flow_demo_train": Case("flow", "demo", "train", 8, 2_048),
-    "wavenet_paper_train": Case("wavenet", "paper", "train", 2, 3_075),
-    "wavenet_demo_train": Case("wavenet", "demo", "train", 4, 1_024),
-    "flow_paper_score": Case("flow", "paper", "score", 1, 16_384),
-    "flow_demo_score": Case("flow", "demo", "score", 4, 2_048),
-    "wavenet_paper_score": Case("wavenet", "paper", "score", 1, 16_384),
-    "wavenet_demo_score": Case("wavenet", "demo", "score", 4, 2_048),
-}
-
-
 JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
-
-
-def get_config(case):
-  from configs import toy_flow  # pylint: disable=g-import-not-at-top
-  from configs import toy_wavenet  # pylint: disable=g-import-not-at-top
-  module = toy_flow if case.family == "flow" else toy_wavenet
-  config = module.get_config(case.variant)
-  config.training.microbatches = case.microbatches
-  return config
-
-
-def timed(fn, min_seconds):
-  """Seconds per call of fn(), repeating it until the measurement lasts min_seconds."""
-  calls, start = 0, time.perf_counter()
-  while True:
-    fn()
-    calls += 1
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_seconds:
-      return elapsed / calls
 
 
 def jax_runners(case, config, batch_np, sigma, layout):
@@ -153,31 +106,6 @@ def jax_runners(case, config, batch_np, sigma, layout):
   return runners, compile_s, host_state.params
 
 
-def torch_runners(case, config, batch_np, host_params, sigma):
-  """{'torch_<n>t': one call of the same work in PyTorch eager with n threads}, for
-  n = 1 and n = every core (torch's intra-op threading may help or hurt)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-
-  stacked = torch_reference.stacked_from_jax(config.model, host_params)
-  batch = torch.from_numpy(np.array(batch_np))
-  if case.kind == "train":
-    optim = config.optim
-    call = torch_reference.make_train_step(stacked, optim.learning_rate, optim.b1, optim.b2,
-                                           optim.eps, optim.clip_norm)
-  else:
-    call = torch_reference.make_score_fn(stacked,
-                                         sigma if case.family == "wavenet" else None)
-  runners = {}
-  for threads in sorted({1, common.num_cores()}):
-    def run(threads=threads):
-      torch.set_num_threads(threads)
-      call(batch)
-    runners[f"torch_{threads}t"] = run
-  return runners
-
-
 def run_case(name, rounds, min_measure_s, score_sigma, layout):
   """Times one case's runs of `layout` and PyTorch in this process: {'<runner>_s': median
   seconds per call, ...}."""
@@ -185,28 +113,19 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
 
-  case = CASES[name]
-  config = get_config(case)
+  case = cases.CASES[name]
+  config = cases.get_config(case)
   num_sources = len(config.data.source_names)
   batch_np = np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch,
                                            case.length, config.data))
   sigma = score_sigma if case.family == "wavenet" else 0.0
   runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, layout)
-  runners.update(torch_runners(case, config, batch_np, host_params, sigma))
-  for run in runners.values():
-    for _ in range(2):
-      run()
-  times = {k: [] for k in runners}
-  order = list(runners)
-  for r in range(rounds):
-    for runner in (order if r % 2 == 0 else order[::-1]):
-      times[runner].append(timed(runners[runner], min_measure_s))
+  runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
+  times = cases.time_alternately(runners, rounds, min_measure_s)
   result = {"case": name, **case._asdict(), "num_sources": num_sources,
             "threads": common.num_cores(), "jax_compile_s": compile_s,
             "samples_per_call": case.batch * num_sources * case.length}
-  for runner, values in times.items():
-    result[f"{runner}_s"] = statistics.median(values)
-    result[f"{runner}_all_s"] = values
+  result.update(cases.medians(times))
   torch_names = [k for k in times if k.startswith("torch_")]
   if torch_names:
     best = min(torch_names, key=lambda k: result[f"{k}_s"])
@@ -259,10 +178,10 @@ def main(argv):
                       _CHILD_LAYOUT.value)
     common.write_json(_CHILD_OUT.value, result)
     return
-  names = _CASES.value or list(CASES)
-  unknown = [n for n in names if n not in CASES]
+  names = _CASES.value or list(cases.CASES)
+  unknown = [n for n in names if n not in cases.CASES]
   if unknown:
-    raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(CASES)}.")
+    raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(cases.CASES)}.")
   child_flags = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
                  f"--score_sigma={_SCORE_SIGMA.value}"]
   results = []

@@ -1,0 +1,106 @@
+"""The work that the benchmarks compare: the cases, their configs, PyTorch's runners.
+
+Shared by `compare_torch.py` and `blas_weight_grad.py` (no flags here, so both can import
+it).
+"""
+import statistics
+import time
+from typing import NamedTuple
+
+from benchmarks import common
+
+
+class Case(NamedTuple):
+  """One comparison: `kind` 'train' (a train step) or 'score' (log p and d/dx)."""
+  family: str  # 'flow' | 'wavenet'
+  variant: str  # 'paper' | 'demo'
+  kind: str
+  batch: int
+  length: int
+  microbatches: int = 1  # JAX only: training.microbatches (the same update)
+
+
+# K = 4 toy sources in every case. Paper sizes at a CPU-feasible batch and crop, the
+# paper's own toy setting where it fits, and the demo variant's batch and crop.
+CASES = {
+    "flow_paper_train": Case("flow", "paper", "train", 1, 4_096),
+    "flow_paper_train_b2": Case("flow", "paper", "train", 2, 16_384),
+    "flow_paper_train_full": Case("flow", "paper", "train", 5, 16_384, microbatches=5),
+    "flow_demo_train": Case("flow", "demo", "train", 8, 2_048),
+    "wavenet_paper_train": Case("wavenet", "paper", "train", 2, 3_075),
+    "wavenet_demo_train": Case("wavenet", "demo", "train", 4, 1_024),
+    "flow_paper_score": Case("flow", "paper", "score", 1, 16_384),
+    "flow_demo_score": Case("flow", "demo", "score", 4, 2_048),
+    "wavenet_paper_score": Case("wavenet", "paper", "score", 1, 16_384),
+    "wavenet_demo_score": Case("wavenet", "demo", "score", 4, 2_048),
+}
+
+
+def get_config(case):
+  """The toy config of case.family and case.variant, with case.microbatches."""
+  from configs import toy_flow  # pylint: disable=g-import-not-at-top
+  from configs import toy_wavenet  # pylint: disable=g-import-not-at-top
+  module = toy_flow if case.family == "flow" else toy_wavenet
+  config = module.get_config(case.variant)
+  config.training.microbatches = case.microbatches
+  return config
+
+
+def time_per_call(fn, min_seconds):
+  """Seconds per call of fn(), repeating it until the measurement lasts min_seconds."""
+  calls, start = 0, time.perf_counter()
+  while True:
+    fn()
+    calls += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return elapsed / calls
+
+
+def time_alternately(runners, rounds, min_measure_s):
+  """{name: [seconds per call, one per round]} of runners {name: fn()}: two warm-up calls
+  each, then `rounds` rounds that time one measurement (`time_per_call`) of every runner,
+  alternating which goes first."""
+  for run in runners.values():
+    for _ in range(2):
+      run()
+  times = {name: [] for name in runners}
+  order = list(runners)
+  for r in range(rounds):
+    for name in (order if r % 2 == 0 else order[::-1]):
+      times[name].append(time_per_call(runners[name], min_measure_s))
+  return times
+
+
+def medians(times):
+  """{'<name>_s': median, '<name>_all_s': every round} of times {name: [seconds]}."""
+  result = {}
+  for name, values in times.items():
+    result[f"{name}_s"] = statistics.median(values)
+    result[f"{name}_all_s"] = values
+  return result
+
+
+def torch_runners(case, config, batch_np, host_params, sigma):
+  """{'torch_<n>t': one call of the same work in PyTorch eager with n threads}, for
+  n = 1 and n = every core (torch's intra-op threading may help or hurt)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+
+  stacked = torch_reference.stacked_from_jax(config.model, host_params)
+  batch = torch.from_numpy(np.array(batch_np))
+  if case.kind == "train":
+    optim = config.optim
+    call = torch_reference.make_train_step(stacked, optim.learning_rate, optim.b1, optim.b2,
+                                           optim.eps, optim.clip_norm)
+  else:
+    call = torch_reference.make_score_fn(stacked,
+                                         sigma if case.family == "wavenet" else None)
+  runners = {}
+  for threads in sorted({1, common.num_cores()}):
+    def run(threads=threads):
+      torch.set_num_threads(threads)
+      call(batch)
+    runners[f"torch_{threads}t"] = run
+  return runners
