@@ -194,16 +194,12 @@ def check_gradients(conv1d):
 def run_case(name, conv1d, rounds, min_measure_s):
   """{'xla_s', 'blas_s', 'torch_s', their rounds, ratios}: one case's train step timed
   alternately in this process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   case = cases.CASES[name]
   config = cases.get_config(case)
   config.training.prior_loop = "map"
-  batch = np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch,
-                                        case.length, config.data))
+  batch = cases.sample_batch(case, config)
   prior, optimizer, host_state = jax_steps.train_inputs(config, batch, config.seed)
   runners = {"xla": jax_steps.train_step(config, prior, optimizer, host_state, batch)[0]}
   with swapped_conv1d(conv1d):
@@ -221,16 +217,14 @@ def run_case(name, conv1d, rounds, min_measure_s):
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   train_cases = [name for name, case in cases.CASES.items() if case.kind == "train"]
   unknown = [name for name in _CASES.value if name not in train_cases]
   if unknown:
     raise ValueError(f"--cases: {unknown} are not train cases; known: {', '.join(train_cases)}.")
   library = _BLAS_LIBRARY.value or default_library(_BLAS.value)
   sgemm, ilp64 = load_sgemm(_BLAS.value, library, _BLAS_THREADS.value)
-  machine = {**common.machine_info(), "jax": jax.__version__, "torch": torch.__version__,
-             "blas": _BLAS.value, "blas_library": library, "blas_threads": _BLAS_THREADS.value}
+  machine = {**cases.machine_info(), "blas": _BLAS.value, "blas_library": library,
+             "blas_threads": _BLAS_THREADS.value}
   results = []
   with tempfile.TemporaryDirectory() as build_dir:
     build_kernel(build_dir)

@@ -46,6 +46,22 @@ def get_config(case):
   return config
 
 
+def sample_batch(case, config):
+  """The case's batch of toy sources, [case.batch, K, case.length], on the host."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
+  return np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch, case.length,
+                                       config.data))
+
+
+def machine_info():
+  """`common.machine_info()` with the JAX and PyTorch versions, for a results file."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  return {**common.machine_info(), "jax": jax.__version__, "torch": torch.__version__}
+
+
 def time_per_call(fn, min_seconds):
   """Seconds per call of fn(), repeating it until the measurement lasts min_seconds."""
   calls, start = 0, time.perf_counter()

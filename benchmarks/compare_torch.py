@@ -109,15 +109,10 @@ def jax_runners(case, config, batch_np, sigma, layout):
 def run_case(name, rounds, min_measure_s, score_sigma, layout):
   """Times one case's runs of `layout` and PyTorch in this process: {'<runner>_s': median
   seconds per call, ...}."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from audiosep_jax.data import toy  # pylint: disable=g-import-not-at-top
-
   case = cases.CASES[name]
   config = cases.get_config(case)
   num_sources = len(config.data.source_names)
-  batch_np = np.asarray(toy.sample_sources(jax.random.key(config.seed), case.batch,
-                                           case.length, config.data))
+  batch_np = cases.sample_batch(case, config)
   sigma = score_sigma if case.family == "wavenet" else 0.0
   runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, layout)
   runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
@@ -193,7 +188,7 @@ def main(argv):
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
-      common.write_json(_OUT.value, {"machine": machine_info(), "results": results})
+      common.write_json(_OUT.value, {"machine": cases.machine_info(), "results": results})
 
 
 def merge_sharded(result, sharded):
@@ -224,13 +219,6 @@ def summary_line(result):
     parts.append(f"torch/{key} {result.get(f'torch_over_{key}', nan):.2f}")
   parts.append(f"others busy {100 * result['others_busy_fraction']:.0f}%")
   return "  ".join(parts)
-
-
-def machine_info():
-  """The machine and library versions, for the results file."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  return {**common.machine_info(), "jax": jax.__version__, "torch": torch.__version__}
 
 
 if __name__ == "__main__":
