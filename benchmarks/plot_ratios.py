@@ -1,6 +1,6 @@
 """Every timed round of compare_torch.py as a PyTorch / JAX ratio, per case and layout.
 
-  python benchmarks/plot_ratios.py --out=docs/compare_torch.png \
+  python benchmarks/plot_ratios.py --figure=docs/compare_torch.png \
       --results=benchmarks/results/compare_torch_intel_xeon.json,...
 
 Each entry of `--results` is a results file of `compare_torch.py`, optionally followed by
@@ -21,7 +21,7 @@ import numpy as np
 _RESULTS = flags.DEFINE_list(
     "results", None, "compare_torch.py results files, each optionally with ':case+case'.",
     required=True)
-_OUT = flags.DEFINE_string("out", None, "PNG file for the figure.", required=True)
+_FIGURE = flags.DEFINE_string("figure", None, "PNG file for the figure.", required=True)
 _LAYOUTS = flags.DEFINE_list("layouts", ["map", "vmap", "prior_sharded"],
                              "JAX layouts to plot: map, vmap, prior_sharded.")
 _TARGET = flags.DEFINE_float("target", 1.5, "Ratio marked by a dashed line (the issue's).")
@@ -140,7 +140,7 @@ def main(argv):
   if unknown:
     raise ValueError(f"--layouts: unknown {unknown}; known: {', '.join(LAYOUTS)}")
   machines = load_rounds(_RESULTS.value, _LAYOUTS.value)
-  plot(machines, _LAYOUTS.value, _TARGET.value, _OUT.value)
+  plot(machines, _LAYOUTS.value, _TARGET.value, _FIGURE.value)
   for cpu, by_case in machines.items():
     print(cpu)
     for case, by_layout in by_case.items():
