@@ -55,11 +55,15 @@ def sample_batch(case, config):
                                        config.data))
 
 
-def machine_info():
-  """`common.machine_info()` with the JAX and PyTorch versions, for a results file."""
+def machine_info(with_torch=True):
+  """`common.machine_info()` with the JAX version and, `with_torch`, PyTorch's, for a
+  results file. Starts no JAX backend (a parent process must not claim a GPU's memory)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  return {**common.machine_info(), "jax": jax.__version__, "torch": torch.__version__}
+  info = {**common.machine_info(), "jax": jax.__version__}
+  if with_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    info["torch"] = torch.__version__
+  return info
 
 
 def time_per_call(fn, min_seconds):

@@ -28,7 +28,10 @@ measurement of each runner, alternating which goes first; a measurement repeats 
 until it lasts `--min_measure_s` and reports the time per call. Reported: the median per
 call of each runner, and the ratio torch / jax (> 1: JAX is faster) against the PyTorch
 times of the same process ('torch_s' of the one-device process, 'sharded_torch_s' of the
-prior-sharded one). The parent also records how busy the machine was with other
+prior-sharded one), and each JAX runner's samples per second with the device's model
+('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX runs take the GPU:
+`--notorch` leaves out the PyTorch reference (CPU only here), and the prior-sharded layout
+needs K GPUs (`--noprior_sharded` on one). The parent also records how busy the machine was with other
 processes during the case (from /proc/stat, less the child's own CPU time): timings taken
 on a busy machine are not comparable.
 """
@@ -59,7 +62,11 @@ _MIN_MEASURE_S = flags.DEFINE_float(
 _SCORE_SIGMA = flags.DEFINE_float(
     "score_sigma", 0.077, "Noise level of the WaveNet's smoothed density in score cases.")
 _PRIOR_SHARDED = flags.DEFINE_bool(
-    "prior_sharded", True, "Also time the JAX work with one prior per CPU device.")
+    "prior_sharded", True,
+    "Also time the JAX work with one prior per device (K CPU devices on a CPU host).")
+_TORCH = flags.DEFINE_bool(
+    "torch", True, "Also time the PyTorch reference (on the CPU); --notorch on a GPU host, "
+    "for JAX's absolute times alone.")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: print only).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run this one case and write JSON.")
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
@@ -106,21 +113,28 @@ def jax_runners(case, config, batch_np, sigma, layout):
   return runners, compile_s, host_state.params
 
 
-def run_case(name, rounds, min_measure_s, score_sigma, layout):
-  """Times one case's runs of `layout` and PyTorch in this process: {'<runner>_s': median
-  seconds per call, ...}."""
+def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
+  """Times one case's runs of `layout` (and PyTorch's, `with_torch`) in this process:
+  {'<runner>_s': median seconds per call, '<jax runner>_samples_per_s', 'jax_device', ...}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   case = cases.CASES[name]
   config = cases.get_config(case)
   num_sources = len(config.data.source_names)
   batch_np = cases.sample_batch(case, config)
   sigma = score_sigma if case.family == "wavenet" else 0.0
   runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, layout)
-  runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
+  if with_torch:
+    runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
   times = cases.time_alternately(runners, rounds, min_measure_s)
+  samples_per_call = case.batch * num_sources * case.length
   result = {"case": name, **case._asdict(), "num_sources": num_sources,
-            "threads": common.num_cores(), "jax_compile_s": compile_s,
-            "samples_per_call": case.batch * num_sources * case.length}
+            "threads": common.num_cores(), "jax_device": jax.devices()[0].device_kind,
+            "jax_compile_s": compile_s, "samples_per_call": samples_per_call}
   result.update(cases.medians(times))
+  for jax_name in JAX_RUNNERS:
+    if jax_name in times:
+      result[f"{jax_name}_samples_per_s"] = samples_per_call / result[f"{jax_name}_s"]
   torch_names = [k for k in times if k.startswith("torch_")]
   if torch_names:
     best = min(torch_names, key=lambda k: result[f"{k}_s"])
@@ -170,7 +184,7 @@ def main(argv):
     if _CHILD_LAYOUT.value == "prior_sharded":
       jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
     result = run_case(_CHILD.value, _ROUNDS.value, _MIN_MEASURE_S.value, _SCORE_SIGMA.value,
-                      _CHILD_LAYOUT.value)
+                      _CHILD_LAYOUT.value, _TORCH.value)
     common.write_json(_CHILD_OUT.value, result)
     return
   names = _CASES.value or list(cases.CASES)
@@ -178,7 +192,7 @@ def main(argv):
   if unknown:
     raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(cases.CASES)}.")
   child_flags = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
-                 f"--score_sigma={_SCORE_SIGMA.value}"]
+                 f"--score_sigma={_SCORE_SIGMA.value}", f"--torch={_TORCH.value}"]
   results = []
   for name in names:
     result = run_in_subprocess(name, child_flags)
@@ -188,16 +202,17 @@ def main(argv):
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
-      common.write_json(_OUT.value, {"machine": cases.machine_info(), "results": results})
+      common.write_json(_OUT.value, {"machine": cases.machine_info(_TORCH.value),
+                                     "results": results})
 
 
 def merge_sharded(result, sharded):
   """The one-device child's result with the prior-sharded child's JAX times, its own
   PyTorch times under 'sharded_' and its ratio torch / jax_prior_sharded."""
   merged = dict(result)
-  for key in ("jax_prior_sharded_s", "jax_prior_sharded_all_s",
-              "torch_over_jax_prior_sharded"):
-    merged[key] = sharded[key]
+  for key, value in sharded.items():
+    if key.startswith(("jax_prior_sharded_", "torch_over_jax_prior_sharded")):
+      merged[key] = value
   merged["jax_compile_s"] = {**result["jax_compile_s"], **sharded["jax_compile_s"]}
   for key, value in sharded.items():
     if key.startswith("torch_") and not key.startswith("torch_over_"):
@@ -208,7 +223,6 @@ def merge_sharded(result, sharded):
 
 
 def summary_line(result):
-  nan = float("nan")
   parts = [f"{result['case']:22s}"]
   for key in (*JAX_RUNNERS, "torch", "sharded_torch"):
     if f"{key}_s" in result:
@@ -216,7 +230,10 @@ def summary_line(result):
   if "torch_best" in result:
     parts.append(f"(torch best: {result['torch_best']})")
   for key in JAX_RUNNERS:
-    parts.append(f"torch/{key} {result.get(f'torch_over_{key}', nan):.2f}")
+    if f"torch_over_{key}" in result:
+      parts.append(f"torch/{key} {result[f'torch_over_{key}']:.2f}")
+    elif f"{key}_samples_per_s" in result:
+      parts.append(f"{key} {result[f'{key}_samples_per_s']:.0f} samples/s")
   parts.append(f"others busy {100 * result['others_busy_fraction']:.0f}%")
   return "  ".join(parts)
 
