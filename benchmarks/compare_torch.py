@@ -31,9 +31,9 @@ times of the same process ('torch_s' of the one-device process, 'sharded_torch_s
 prior-sharded one), and each JAX runner's samples per second with the device's model
 ('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX runs take the GPU:
 `--notorch` leaves out the PyTorch reference (CPU only here), and the prior-sharded layout
-needs K GPUs (`--noprior_sharded` on one). The parent also records how busy the machine was with other
-processes during the case (from /proc/stat, less the child's own CPU time): timings taken
-on a busy machine are not comparable.
+needs K GPUs (`--noprior_sharded` on one). The parent also records how busy the machine
+was with other processes during the case (from /proc/stat, less the child's own CPU
+time): timings taken on a busy machine are not comparable.
 """
 import json
 import os
@@ -211,12 +211,11 @@ def merge_sharded(result, sharded):
   PyTorch times under 'sharded_' and its ratio torch / jax_prior_sharded."""
   merged = dict(result)
   for key, value in sharded.items():
-    if key.startswith(("jax_prior_sharded_", "torch_over_jax_prior_sharded")):
+    if key.startswith(("jax_prior_sharded_", "torch_over_")):
       merged[key] = value
-  merged["jax_compile_s"] = {**result["jax_compile_s"], **sharded["jax_compile_s"]}
-  for key, value in sharded.items():
-    if key.startswith("torch_") and not key.startswith("torch_over_"):
+    elif key.startswith("torch_"):
       merged[f"sharded_{key}"] = value
+  merged["jax_compile_s"] = {**result["jax_compile_s"], **sharded["jax_compile_s"]}
   merged["others_busy_fraction"] = max(result["others_busy_fraction"],
                                        sharded["others_busy_fraction"])
   return merged
