@@ -278,6 +278,22 @@ class DensityTest(parameterized.TestCase):
                 - np.log(edges[index + 1] - edges[index]))
     np.testing.assert_allclose(fns.log_prob(self.params, self.x), expected, atol=1e-5)
 
+  def test_density_is_zero_outside_the_bins_and_training_clips_its_targets(self):
+    # The categorical covers [-1, 1]: log_prob is -inf beyond it (finite at +-1), the
+    # smoothed density stays finite, and the training loss clips its clean targets.
+    x = self.x.at[0, 10].set(1.3).at[0, 11].set(1.0).at[1, 12].set(-1.0)
+    log_prob = np.asarray(self.fns.log_prob(self.params, x))
+    self.assertEqual(log_prob[0, 10], -np.inf)
+    self.assertEqual(int(np.sum(~np.isfinite(log_prob))), 1)
+    self.assertTrue(np.all(np.isfinite(self.fns.level_log_prob(self.params, x, 0.01))))
+    noisy_log_prob = priors.build(self.config.model).noisy_log_prob
+    clipped = np.asarray(noisy_log_prob(self.params, x, x))
+    self.assertTrue(np.all(np.isfinite(clipped)))
+    expected = self.fns.history_log_prob(self.params, x, jnp.clip(x, -1.0, 1.0))
+    np.testing.assert_array_equal(clipped, expected)
+    with self.assertRaisesRegex(ValueError, "sigma must be >= 0, got -0.1"):
+      self.fns.level_log_prob(self.params, x, -0.1)
+
 
 class SamplerTest(absltest.TestCase):
 

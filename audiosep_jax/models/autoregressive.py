@@ -8,12 +8,14 @@ categorical over quantised sample values, exact log densities and a cached sampl
   bins      `num_bins` bins covering [-1, 1]: 'linear' (equal widths 2 / num_bins), or
             'mu_law' (equal widths in mu-law space, so narrow near 0 and wide near +-1).
             Linear is the default for separation: mixing is linear in the waveform, and
-            a mu-law density is far more peaked near 0 than near +-1 (PAPER.md, PnF).
+            a mu-law density is far more peaked near 0 than near +-1 (PnF).
 
 Densities, nats per sample of the waveform (comparable with the flow):
   log_prob(x)_t        = log P(bin of x_t | x_{<t}) - log(width of that bin in the waveform):
-                         the categorical read as a piecewise-uniform density on [-1, 1].
-                         Values outside [-1, 1] count in the nearest edge bin. Differentiable
+                         the categorical read as a piecewise-uniform density on [-1, 1],
+                         so log 0 = -inf for x_t outside [-1, 1] (a noise probe beyond
+                         +-1 is impossible under it, not rated as the edge bin). Training
+                         clips its targets into [-1, 1] (`build_prior`). Differentiable
                          in x through the history; the bin membership of x_t is piecewise
                          constant, so its gradient through the target is zero. That is why
                          Langevin separation uses the smoothed density below.
@@ -23,10 +25,11 @@ Densities, nats per sample of the waveform (comparable with the flow):
                                                    / (hi_b - lo_b),
                          the exact density of y = x + s * eps when x_t follows the
                          categorical (PnF's smoothing, with uniform bins instead of point
-                         masses at their centres; s = 0 gives log_prob). Smooth in x_t as
-                         well as in the history. It is the density of noisy audio when the
-                         params were fine-tuned on noisy histories with clean targets
-                         (`history_log_prob(params, noisy, clean)`, PnF).
+                         masses at their centres; s = 0 gives log_prob, finite everywhere
+                         for s > 0). Smooth in x_t as well as in the history. It is the
+                         density of noisy audio when the params were fine-tuned on noisy
+                         histories with clean targets (`history_log_prob(params, noisy,
+                         clean)`, PnF).
 
 Sampling: `cached_sample_bins` runs one new sample per `lax.scan` step with a ring buffer
 of past inputs per layer (O(layers) work per sample; lm1b temperature_sampler style, a
@@ -125,10 +128,11 @@ def log_ndtr_lower(t):
 
 
 def bin_log_density(log_probs, target, bins, num_bins, quantization, mu):
-  """log_probs [B, T, n] (normalised), target [B, T] -> log density of target [B, T]."""
+  """log_probs [B, T, n] (normalised), target [B, T] -> log density of target [B, T]:
+  log P(bin) - log width inside [-1, 1], -inf outside (the bins cover [-1, 1] only)."""
   index = bin_index(target, num_bins, quantization, mu)
   picked = jnp.take_along_axis(log_probs, index[..., None], axis=-1)[..., 0]
-  return picked - bins.log_width[index]
+  return jnp.where(jnp.abs(target) <= 1.0, picked - bins.log_width[index], -jnp.inf)
 
 
 def _smoothed_parts(log_probs, target, sigma, bins):
@@ -338,6 +342,9 @@ def build(model_config):
     return history_log_prob(params, x, x)
 
   def level_log_prob(params, x, sigma):
+    """sigma: a number or a traced scalar >= 0 (a traced negative one acts as 0)."""
+    if isinstance(sigma, (int, float)) and sigma < 0:
+      raise ValueError(f"level_log_prob: sigma must be >= 0, got {sigma}.")
     if isinstance(sigma, (int, float)) and sigma == 0:
       return log_prob(params, x)
     log_probs = jax.nn.log_softmax(logits(params, x), axis=-1)
@@ -381,10 +388,14 @@ def build(model_config):
 def build_prior(model_config):
   """The `priors.Prior` of one source (latent_log_prob: None, there is no latent).
 
-  Noise fine-tuning follows PnF: the clean sample x_t given the noisy history.
+  Training (noisy_log_prob) scores the clean sample x_t given the noisy history (PnF's
+  noise fine-tuning; the history is x itself at sigma 0), its targets clipped into
+  [-1, 1]: the density is 0 outside, and one stray sample must not make the step's loss
+  infinite (the step would be skipped).
   """
   fns = build(model_config)
   return priors.Prior(
       init=fns.init, log_prob=fns.log_prob, sample=fns.sample,
       level_log_prob=fns.level_log_prob, latent_log_prob=None,
-      noisy_log_prob=lambda params, clean, noisy: fns.history_log_prob(params, noisy, clean))
+      noisy_log_prob=lambda params, clean, noisy: fns.history_log_prob(
+          params, noisy, jnp.clip(clean, -1.0, 1.0)))
