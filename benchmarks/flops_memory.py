@@ -98,8 +98,9 @@ def flow_forward_macs_per_sample(model_config):
 
   Block i works on 2 ** (i + 1) channels at T / 2 ** (i + 1) steps; each coupling's
   WaveNet maps half of them through input 1x1, n_layers x (dilated conv width -> 2 width,
-  residual and skip 1x1; the last layer's residual is unused: computed, as it shares a
-  matmul with the skip, but not counted), and the head (1x1 width -> width, 1x1 width ->
+  residual and skip 1x1; the residual and the skip are two matmuls, and the last layer's
+  residual, whose output nothing reads, is dropped by the compiler and not counted:
+  models/wavenet.py ResidualLayer), and the head (1x1 width -> width, 1x1 width ->
   channels).
   """
   m = model_config

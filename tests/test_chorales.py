@@ -23,6 +23,7 @@ from configs import chorales_flow
 from configs import chorales_wavenet
 from configs import musdb_flow
 from configs import musdb_wavenet
+from configs import toy_flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("soprano", "alto", "tenor", "bass", "mixture")
@@ -77,6 +78,11 @@ class ConfigTest(parameterized.TestCase):
     self.assertEqual(tuple(config.render.programs), (73, 40, 71, 70))
     self.assertIsNone(config.render.num_chorales)
     self.assertEqual(chorales_wavenet.get_config("test").render.num_chorales, 2)
+
+  def test_render_with_a_config_that_is_not_chorales(self):
+    with self.assertRaisesRegex(ValueError, r"--mode=render_chorales needs a chorales config "
+                                            r"\(configs/chorales_\*\.py"):
+      chorales.render_dataset(toy_flow.get_config("test"))
 
 
 def render_cli(root, *overrides):

@@ -90,6 +90,10 @@ def import_synthesis():
 
 
 def _check_config(config):
+  if "render" not in config:
+    raise ValueError(f"--mode=render_chorales needs a chorales config (configs/chorales_*.py, "
+                     f"which has a `render` group); this config "
+                     f"(data.name={config.data.get('name', None)!r}) has none.")
   data, render = config.data, config.render
   if not data.get("root", None):
     raise ValueError("config.data.root is not set: set --config.data.root=DIR, the folder "
