@@ -44,8 +44,7 @@ from audiosep_jax import priors
 from audiosep_jax import train
 from audiosep_jax.data import pipeline
 
-# fold_in streams of the diagnostics key (derived from config.seed).
-STREAM_DIAGNOSTICS = 4
+# fold_in streams of the diagnostics key (`pipeline.KEY_TAG_DIAGNOSTICS` of config.seed).
 NOISE_EXAMPLES, NOISE_PROBE, SAMPLES = 0, 1, 2
 
 DENSITY = ("level_log_prob(params_l, x, sigma_l): the level-l prior's density at its own "
@@ -217,7 +216,7 @@ def diagnose(config, prior, level_params, levels, data, mesh=None):
   config.training.num_devices); every process gets the same numbers.
   """
   diag = config.diagnostics
-  key = jax.random.fold_in(jax.random.key(config.seed), STREAM_DIAGNOSTICS)
+  key = pipeline.seed_key(config.seed, pipeline.KEY_TAG_DIAGNOSTICS)
   names = list(config.data.source_names)
   if data.shape[1] != len(names):
     raise ValueError(f"Test data has {data.shape[1]} sources, config.data.source_names "
@@ -332,6 +331,14 @@ def write_json(path, obj):
   os.replace(tmp, path)
 
 
+def write_wav(path, audio, sample_rate):
+  """Writes audio [T] in [-1, 1] as a 16-bit WAV, atomically (temp file + rename), as
+  separation.write_wav does (that one writes float WAVs)."""
+  tmp = path + ".tmp"
+  soundfile.write(tmp, audio, int(sample_rate), subtype="PCM_16", format="WAV")
+  os.replace(tmp, path)
+
+
 def write_samples(base, family, samples, levels, names, sample_rate):
   """samples [L, K, N, T] -> <base>/samples/<family>/samples.npy and
   .../<level>/<source>_<n>.wav (16-bit, clipped to [-1, 1]; the .npy keeps the raw values).
@@ -349,7 +356,7 @@ def write_samples(base, family, samples, levels, names, sample_rate):
     for k, name in enumerate(names):
       for n, clip in enumerate(samples[index, k]):
         path = os.path.join(level_dir, f"{name}_{n}.wav")
-        soundfile.write(path, np.clip(clip, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        write_wav(path, np.clip(clip, -1.0, 1.0), sample_rate)
         level_wavs.append(os.path.relpath(path, base))
     wavs.append(level_wavs)
   return os.path.relpath(os.path.join(directory, "samples.npy"), base), wavs

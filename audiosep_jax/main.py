@@ -54,9 +54,11 @@ def load_config_file(spec):
 def check_overrides(config, argv):
   """Raises a ValueError naming the first `--config.<field>` that the config lacks."""
   for arg in argv:
-    if not arg.startswith("--config."):
+    if arg == "--":
+      break
+    if not arg.startswith(("--config.", "-config.")):
       continue
-    field = arg[len("--config."):].split("=", 1)[0]
+    field = arg.split("config.", 1)[1].split("=", 1)[0]
     node, walked = config, "config"
     for part in field.split("."):
       if not hasattr(node, "keys") or part not in node:
@@ -66,13 +68,30 @@ def check_overrides(config, argv):
       node, walked = node[part], f"{walked}.{part}"
 
 
+def config_specs(argv):
+  """The values given to --config in argv, in order, spelled `--config=FILE` or
+  `--config FILE` (one or two dashes, as absl takes them); none after `--`."""
+  specs = []
+  args = iter(argv[1:])
+  for arg in args:
+    if arg == "--":
+      break
+    if arg in ("--config", "-config"):
+      spec = next(args, None)
+      if spec is not None:
+        specs.append(spec)
+    elif arg.startswith(("--config=", "-config=")):
+      specs.append(arg.split("=", 1)[1])
+  return specs
+
+
 def parse_flags(argv):
   """absl flag parsing, after checking the config file, variant and overrides by hand
   so that a bad one gets a message that names it."""
-  config_specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-  if config_specs:
+  specs = config_specs(argv)
+  if specs:
     try:
-      check_overrides(load_config_file(config_specs[-1]), argv)
+      check_overrides(load_config_file(specs[-1]), argv)
     except ValueError as e:
       sys.exit(f"Error: {e}")
   try:

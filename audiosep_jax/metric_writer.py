@@ -2,7 +2,9 @@
 
 Only process 0 writes; on the others every method is a no-op. `scalars.jsonl` holds one
 JSON object per write, {"step": int, "<name>": float, ...}, so that reports and tests can
-read the training curves without TensorBoard.
+read the training curves without TensorBoard. The file is appended to: a run resumed from
+a checkpoint older than its last line logs those steps again, and readers keep the last
+value of each (step, name) (`report.load_scalars`).
 """
 import json
 import os

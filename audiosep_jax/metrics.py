@@ -15,7 +15,9 @@ all mixes and sources `[B, K, T]` at once, and is jit-able and differentiable.
 
 eps: added to both energies of every ratio, so silent references and exact estimates
 give finite numbers (an exact estimate scores 10 log10((||s||^2 + eps) / eps)); it is
-negligible for audio-scale signals (energies >> 1e-8).
+negligible for audio-scale signals (energies >> 1e-8). A silent (or constant) estimate has
+alpha = 0, so both energies of its SI-SDR are 0 and it scores 10 log10(eps / eps) = 0 dB,
+not -inf: check estimates for silence before reading a collapsed separator's SI-SDRi.
 """
 import jax.numpy as jnp
 

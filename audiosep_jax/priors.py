@@ -51,7 +51,7 @@ def flow_module(model_config):
       n_blocks=model_config.n_blocks, n_flows=model_config.n_flows,
       n_layers=model_config.n_layers, width=model_config.width,
       kernel_size=model_config.kernel_size, dilation_cycle=model_config.dilation_cycle,
-      actnorm_eps=model_config.get("actnorm_eps", 1e-6), remat=model_config.remat,
+      actnorm_eps=model_config.actnorm_eps, remat=model_config.remat,
       residual_in_matmul=model_config.residual_in_matmul)
 
 
@@ -105,8 +105,8 @@ def map_priors(fn, in_axes, out_axes=0, loop="vmap", groups=1, rotated=()):
     prior's activations, 1/K of vmap's working set (faster on CPUs: benchmarks/README.md).
     groups = the devices of the `prior` mesh axis, so that each device loops over its own
     priors with no communication.
-  in_axes: one int (the K axis of every leaf) or None per argument; out_axes: the K axis
-  of every output leaf. Same values either way.
+  in_axes: a tuple with, per argument, the K axis of all its leaves (an int) or None;
+  out_axes: an int, the K axis of every output leaf. Same values either way.
   rotated: positions of arguments that, with loop='map', travel as the loop's carry and
     turn by one prior per step, so that each prior reads the fixed slice [0] of them and
     not the loop-indexed one: XLA:CPU does not vectorise an elementwise kernel that reads

@@ -56,20 +56,28 @@ def load_diagnostics(workdir):
 
 
 def load_scalars(workdir, family, sigma):
-  """Rows {"step": int, name: float, ...} of <workdir>/tb/<family>/sigma_<level>/scalars.jsonl."""
+  """Rows {"step": int, name: float, ...} of <workdir>/tb/<family>/sigma_<level>/scalars.jsonl,
+  one per step, in step order.
+
+  The writer appends, so a run resumed from a checkpoint older than its last log line
+  logs those steps again: of each (step, name) the last value written is kept.
+  """
   path = os.path.join(workdir, "tb", family, train.level_name(sigma), "scalars.jsonl")
   if not os.path.isfile(path):
     return []
-  rows = []
+  by_step = {}
   with open(path) as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
-        rows.append(json.loads(line))
+        row = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}, line {number}, is not JSON: {e}") from e
-  return rows
+      if not isinstance(row, dict) or "step" not in row:
+        raise ValueError(f"{path}, line {number}, has no \"step\".")
+      by_step.setdefault(int(row["step"]), {}).update(row)
+  return [by_step[step] for step in sorted(by_step)]
 
 
 def load_separation(workdir, family):
@@ -477,7 +485,7 @@ def family_section(res, figures, json_link, scalars_links):
 
 
 SEPARATION_COLUMNS = (("SI-SDR", ("si_sdr",)), ("SI-SDRi", ("si_sdri",)), ("SDR", ("sdr",)),
-                      ("mix SI-SDR (baseline)", ("mix_si_sdr", "baseline_si_sdr")))
+                      ("mix SI-SDR (baseline)", ("mix_si_sdr",)))
 
 
 def metric_value(metrics, keys, name):

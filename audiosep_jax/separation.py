@@ -386,7 +386,6 @@ def _per_source(values, names):
 def separate_test_mixes(config, separate_batch, key, out_dir):
   """Separates config.separation.num_mixes fixed-seed test mixes; writes WAVs and
   metrics.json under out_dir; returns the metrics dict."""
-  from audiosep_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   sep, names = config.separation, tuple(config.data.source_names)
   test = pipeline.test_set(config)
   if test.shape[0] < sep.num_mixes or test.shape[2] < sep.mix_length:
@@ -543,8 +542,11 @@ def run(config, workdir, input_path=None):
   separate_batch = batch_separator(config, prior, params, sigmas)
   out_dir = os.path.join(workdir, "separations", family)
   os.makedirs(out_dir, exist_ok=True)
-  key = jax.random.key(config.seed)
-  summary = separate_test_mixes(config, separate_batch, jax.random.fold_in(key, 0), out_dir)
+  summary = separate_test_mixes(
+      config, separate_batch,
+      pipeline.seed_key(config.seed, pipeline.KEY_TAG_SEPARATION_MIXES), out_dir)
   if input_path is not None:
-    separate_file(config, separate_batch, jax.random.fold_in(key, 1), input_path, out_dir)
+    separate_file(config, separate_batch,
+                  pipeline.seed_key(config.seed, pipeline.KEY_TAG_SEPARATION_FILE),
+                  input_path, out_dir)
   return summary

@@ -1,12 +1,18 @@
 """Training: the optimizer, a pure train-step factory, checkpoints and the loop.
 
 One compiled step trains all K priors: the per-source update (loss, gradient, clipping,
-Adam, non-finite guard) is written for one prior and `jax.vmap`-ed over the stacked
-params [K, ...], so the priors stay independent (each its own gradient clipping and
-optimizer state). The step is jitted over a ('data', 'prior') mesh with `NamedSharding`:
-the batch's rows split over `data`, the K priors (their state and the batch's source
-axis) over `prior`, and XLA partitions the vmapped step accordingly; the same code runs
-on one device and on many.
+Adam, non-finite guard) is written for one prior and mapped over the stacked params
+[K, ...] by `priors.map_priors`, as config.training.prior_loop says: 'map' (the default)
+runs each device's priors one after another in a `jax.lax.scan`, 'vmap' all at once.
+Either way the priors stay independent (each its own gradient clipping and optimizer
+state) and get the same numbers. The step is jitted over a ('data', 'prior') mesh with
+`NamedSharding`: the batch's rows split over `data`, the K priors (their state and the
+batch's source axis) over `prior`, and XLA partitions the step accordingly; the same
+code runs on one device and on many.
+
+Random keys: init, training noise and samples come from
+`pipeline.seed_key(config.seed, pipeline.KEY_TAG_TRAIN)` (then fold_in 0, 1, 2), a branch
+of their own, apart from the data's (`pipeline.data_key`).
 """
 import itertools
 import json
@@ -48,7 +54,12 @@ class Noise(NamedTuple):
 
 def learning_rate_schedule(optim_config, num_steps):
   """Constant lr, times decay_factor at num_milestones steps evenly spread from
-  decay_start_fraction * num_steps to num_steps (the paper: 36% ... 100%)."""
+  decay_start_fraction * num_steps to num_steps (the paper: 36% ... 100%).
+
+  The last milestone falls on num_steps itself, which no update reaches (steps are
+  0 ... num_steps - 1): only num_milestones - 1 decays take effect (the defaults: x0.6
+  at 36%, 52%, 68% and 84%, ending at lr * 0.6**4). Kept so, as in the paper.
+  """
   milestones = np.linspace(optim_config.decay_start_fraction * num_steps, num_steps,
                            optim_config.num_milestones)
   boundaries = {}
@@ -94,7 +105,7 @@ def tree_where(condition, new, old):
   return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
-def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop="vmap",
+def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop="map",
                     prior_groups=1, microbatches=1):
   """Returns the pure step(state, batch [B, K, T]) -> (state, metrics of [K]).
 
@@ -102,10 +113,10 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop=
   (`noise`), or of `prior.noisy_log_prob(clean, noisy)` where the prior defines it. A
   prior whose loss or gradient is not finite keeps its params and optimizer state and
   counts a skip. The K priors run as `priors.map_priors(loop=prior_loop,
-  groups=prior_groups)` says; microbatches > 1 splits the batch into that many chunks of
-  B // microbatches examples (example i in chunk i % microbatches) and averages their
-  losses and gradients one chunk after another (`jax.lax.scan`): the same update with
-  1/microbatches of the activations.
+  groups=prior_groups)` says (default 'map', as config.training.prior_loop's);
+  microbatches > 1 splits the batch into that many chunks of B // microbatches examples
+  (example i in chunk i % microbatches) and averages their losses and gradients one chunk
+  after another (`jax.lax.scan`): the same update with 1/microbatches of the activations.
   """
   noise_key = jax.random.key(0) if noise_key is None else noise_key
 
@@ -255,10 +266,11 @@ def checkpoint_dir(workdir, family, sigma):
   return os.path.join(os.path.abspath(workdir), "checkpoints", family, level_name(sigma))
 
 
-def checkpoint_manager(directory, max_to_keep):
+def checkpoint_manager(directory, max_to_keep, create=True):
+  """create=False to only read: a missing directory then stays missing (no latest step)."""
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
       item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -372,6 +384,13 @@ def _format_seconds(seconds):
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def train_keys(seed):
+  """(init, noise, sample) keys of training: their own branch of key(seed), apart from
+  the data's (`pipeline.data_key`), so that no stream's data equals any of them."""
+  base_key = pipeline.seed_key(seed, pipeline.KEY_TAG_TRAIN)
+  return tuple(jax.random.fold_in(base_key, i) for i in range(3))
+
+
 def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   """Trains config.model.family's K priors on config.data; returns the final TrainState.
 
@@ -384,8 +403,7 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   optimizer = make_optimizer(config.optim, num_steps)
   mesh = make_train_mesh(config)
   write_config(config, workdir)
-  base_key = jax.random.key(config.seed)
-  init_key, noise_key, sample_key = (jax.random.fold_in(base_key, i) for i in range(3))
+  init_key, noise_key, sample_key = train_keys(config.seed)
 
   directory = checkpoint_dir(workdir, family, sigma)
   manager = checkpoint_manager(directory, config.training.max_checkpoints)
@@ -447,6 +465,7 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
           scalars[f"nats_per_sample/{n}"] = -metrics["loss"][k]
           scalars[f"grad_norm/{n}"] = metrics["grad_norm"][k]
           scalars[f"skipped/{n}"] = metrics["skipped"][k]
+          scalars[f"param_norm/{n}"] = metrics["param_norm"][k]
         scalars["loss"] = float(np.mean(metrics["loss"]))
         writer.write_scalars(done, scalars)
         logging.info("[%s %s] step %d/%d | loss %.4f | %.2f steps/s | ETA %s | skipped %s",
@@ -486,7 +505,7 @@ def load_params(config, workdir, sigma):
   prior = priors.build(config.model)
   family = config.model.family
   directory = checkpoint_dir(workdir, family, sigma)
-  manager = checkpoint_manager(directory, config.training.max_checkpoints)
+  manager = checkpoint_manager(directory, config.training.max_checkpoints, create=False)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(
@@ -496,7 +515,7 @@ def load_params(config, workdir, sigma):
   optimizer = make_optimizer(config.optim, num_steps)
   batch_shape = (config.training.batch_size, len(config.data.source_names),
                  config.data.crop_length)
-  abstract = _abstract_state(prior, optimizer, jax.random.key(config.seed), batch_shape,
+  abstract = _abstract_state(prior, optimizer, train_keys(config.seed)[0], batch_shape,
                              make_mesh(config.training.num_devices))
   return restore_state(manager, step, abstract).params
 

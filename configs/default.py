@@ -23,7 +23,7 @@ def parse_variant(arg, default="demo"):
 
 
 def toy_data_config():
-  """The four-oscillator data of PAPER.md, generated on the device."""
+  """The four-oscillator data of the 2020 paper's toy experiment, generated on the device."""
   data = ml_collections.ConfigDict()
   data.name = "toy"
   data.source_names = TOY_SOURCES

@@ -8,6 +8,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soundfile
 from absl.testing import absltest
 
 from audiosep_jax import diagnostics
@@ -256,6 +257,25 @@ class RunErrorsTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as workdir:
       with self.assertRaisesRegex(FileNotFoundError, "--mode=train"):
         diagnostics.run(tiny_config(), workdir)
+
+
+class WriteSamplesTest(absltest.TestCase):
+
+  def test_writes_clipped_16_bit_wavs_and_leaves_no_temporary_file(self):
+    samples = np.linspace(-2.0, 2.0, 2 * 1 * 2 * 16, dtype=np.float32).reshape(2, 1, 2, 16)
+    with tempfile.TemporaryDirectory() as base:
+      npy, wavs = diagnostics.write_samples(base, "flow", samples, (0.0, 0.1), ("a",), 8000)
+      np.testing.assert_array_equal(np.load(os.path.join(base, npy)), samples)
+      self.assertLen(wavs, 2)
+      for level, level_wavs in enumerate(wavs):
+        self.assertLen(level_wavs, 2)
+        for n, wav in enumerate(level_wavs):
+          info = soundfile.info(os.path.join(base, wav))
+          self.assertEqual((info.format, info.subtype, info.samplerate), ("WAV", "PCM_16", 8000))
+          audio, _ = soundfile.read(os.path.join(base, wav), dtype="float32")
+          np.testing.assert_allclose(audio, np.clip(samples[level, 0, n], -1, 1), atol=1e-4)
+      names = [f for _, _, files in os.walk(base) for f in files]
+      self.assertEmpty([f for f in names if "tmp" in f], names)
 
 
 if __name__ == "__main__":

@@ -168,5 +168,25 @@ class ReportTest(absltest.TestCase):
         report.run(None, workdir)
 
 
+class LoadScalarsTest(absltest.TestCase):
+
+  def test_resumed_run_keeps_the_last_row_per_step_in_step_order(self):
+    # Logged to step 15 (a test row at step 10), resumed from the step-10 checkpoint:
+    # steps 10 (train and test) and 15 logged again, with other values.
+    rows = [{"step": 5, "loss": 5.0}, {"step": 10, "loss": 4.0},
+            {"step": 10, "test_nats_per_sample/sin": 1.0}, {"step": 15, "loss": 3.0},
+            {"step": 10, "loss": 4.5}, {"step": 10, "test_nats_per_sample/sin": 1.5},
+            {"step": 15, "loss": 3.5}, {"step": 20, "loss": 2.5}]
+    with tempfile.TemporaryDirectory() as workdir:
+      directory = os.path.join(workdir, "tb", "flow", "sigma_0")
+      os.makedirs(directory)
+      with open(os.path.join(directory, "scalars.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+      loaded = report.load_scalars(workdir, "flow", 0.0)
+    self.assertEqual(loaded, [{"step": 5, "loss": 5.0},
+                              {"step": 10, "loss": 4.5, "test_nats_per_sample/sin": 1.5},
+                              {"step": 15, "loss": 3.5}, {"step": 20, "loss": 2.5}])
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -1,6 +1,7 @@
 """Training harness: learning, resume, non-finite guard, sharding, bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl.testing import absltest
 
 import four_devices
@@ -90,7 +92,8 @@ class TrainStepTest(absltest.TestCase):
     self.config.optim.eps = 1e-3
     optimizer = train.make_optimizer(self.config.optim, 40)
     state = train.create_train_state(self.prior, optimizer, jax.random.key(1), self.batch)
-    expected = jax.jit(train.make_train_step(self.prior, optimizer))(state, self.batch)
+    expected = jax.jit(train.make_train_step(self.prior, optimizer, prior_loop="vmap"))(
+        state, self.batch)
     # (prior_loop, prior_groups, microbatches); microbatches=4: one example per chunk.
     for layout in (("map", 1, 1), ("map", 2, 1), ("map", 4, 1), ("vmap", 1, 2),
                    ("map", 2, 4)):
@@ -120,6 +123,24 @@ class TrainStepTest(absltest.TestCase):
     self.assertAlmostEqual(float(schedule(361)), lr * 0.6, places=7)
     self.assertAlmostEqual(float(schedule(521)), lr * 0.36, places=7)
     self.assertAlmostEqual(float(schedule(999)), lr * 0.6 ** 4, places=7)
+
+  def test_random_keys_of_every_consumer_differ(self):
+    seed = 0
+    train_keys = train.train_keys(seed)
+    named = {f"train_{i}": k for i, k in enumerate(train_keys)}
+    named.update({f"data_stream_{s}": pipeline.data_key(seed, s) for s in range(7)})
+    # The other consumers of config.seed (separation.run, diagnostics.run).
+    named.update({name: pipeline.seed_key(seed, getattr(pipeline, f"KEY_TAG_{name.upper()}"))
+                  for name in ("separation_mixes", "separation_file", "diagnostics")})
+    # And the per-step keys drawn from the train and data keys.
+    for name, key in list(named.items()):
+      if name.startswith(("train", "data")):
+        named.update({f"{name}_step_{t}": jax.random.fold_in(key, t) for t in range(4)})
+    data = {name: tuple(np.asarray(jax.random.key_data(k)).tolist()) for name, k in named.items()}
+    seen = {}
+    for name, value in data.items():
+      self.assertNotIn(value, seen, f"{name} and {seen.get(value)} share a key")
+      seen[value] = name
 
   def test_legacy_noise_is_clamped(self):
     x = jnp.full((2, 4, 64), 0.99)
@@ -159,6 +180,48 @@ class TrainLoopTest(absltest.TestCase):
     scalars = [json.loads(line) for line in
                open(os.path.join(resumed, "tb", "flow", "sigma_0", "scalars.jsonl"))]
     self.assertIn("test_nats_per_sample/sin", scalars[-1])
+
+  def test_training_noise_is_not_the_data_at_any_stream(self):
+    # The keys the loop really uses: the first batch it draws and the noise key it passes
+    # to the train step (the run stops there, before compiling the step).
+    config = tiny_config(num_steps=2, checkpoint_every=2, eval_every=2, log_every=2)
+    original_batches, original_step = pipeline.train_batches, train.step_from_config
+    for stream in (1,):  # stream 1's data key was the noise key (fold_in(seed, 1))
+      seen = {}
+
+      def batches(*args, **kwargs):
+        for batch in original_batches(*args, **kwargs):
+          seen.setdefault("batch", np.asarray(batch))
+          yield batch
+
+      def step_from_config(prior, optimizer, config, noise=train.Noise(), noise_key=None):
+        seen["noise_key"] = noise_key
+        raise Interrupted()
+
+      pipeline.train_batches, train.step_from_config = batches, step_from_config
+      try:
+        with self.assertRaises(Interrupted):
+          train.train_and_evaluate(config, self.make_tempdir(), sigma=0.1, stream=stream)
+      finally:
+        pipeline.train_batches, train.step_from_config = original_batches, original_step
+      batch = seen["batch"]
+      from_noise_key = np.asarray(toy.sample_sources(
+          jax.random.fold_in(seen["noise_key"], 0), *batch.shape[::2], config.data))
+      self.assertGreater(np.max(np.abs(batch - from_noise_key)), 0.1, f"stream {stream}")
+      eps = np.asarray(train.add_noise(jax.random.fold_in(seen["noise_key"], 0),
+                                       np.zeros_like(batch), train.Noise(1.0)))
+      correlation = np.corrcoef(batch.ravel(), eps.ravel())[0, 1]
+      self.assertLess(abs(correlation), 0.1, f"stream {stream}")
+
+  def test_loading_a_missing_checkpoint_creates_nothing(self):
+    config = tiny_config()
+    workdir = self.make_tempdir()
+    directory = train.checkpoint_dir(workdir, "flow", 0.0)
+    with self.assertRaisesRegex(FileNotFoundError, re.escape(directory)):
+      train.evaluate_checkpoint(config, workdir)
+    with self.assertRaisesRegex(FileNotFoundError, "sigma_0.1"):
+      train.load_level_params(config, workdir, (0.1,))
+    self.assertEqual(os.listdir(workdir), [])
 
   def test_nan_batch_never_reaches_a_checkpoint(self):
     config = tiny_config(num_steps=6, checkpoint_every=3, eval_every=6, log_every=3)
@@ -201,6 +264,12 @@ class TrainLoopTest(absltest.TestCase):
     self.assertEqual(sorted(result), sorted(config.data.source_names))
     for name, value in result.items():
       self.assertAlmostEqual(value, logged[name], delta=1e-5, msg=name)
+    # Parameter norms, per prior, at each log step: here of the final (saved) params.
+    norms = np.asarray(jax.vmap(optax.tree.norm)(train.load_params(config, workdir, 0.0)))
+    last_train_row = [r for r in scalars if "loss" in r][-1]
+    for k, name in enumerate(config.data.source_names):
+      self.assertAlmostEqual(last_train_row[f"param_norm/{name}"], norms[k],
+                             delta=1e-3 * norms[k], msg=name)
 
   def test_finetune_runs_serially_through_the_levels(self):
     config = tiny_config(num_steps=3, checkpoint_every=3, eval_every=3, log_every=3)
@@ -333,6 +402,13 @@ class CommandLineTest(absltest.TestCase):
                            "--config.model.widht=8")
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("Unknown config field config.model.widht", result.stderr)
+
+  def test_unknown_config_field_with_the_config_flag_spelled_apart(self):
+    result = self.run_main("--config", "configs/toy_flow.py:test", "--workdir=/tmp/unused",
+                           "--config.training.nope=3")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("Unknown config field config.training.nope", result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
 
   def test_unknown_mode(self):
     result = self.run_main("--config=configs/toy_flow.py:test", "--workdir=/tmp/unused",

@@ -4,6 +4,11 @@ config.data.name selects the source: 'toy' (generated on the device, sharded as 
 made) or 'stems' (read on the host by `data/stems.py`, then placed on the mesh).
 Batch s is a pure function of (config.seed, s, stream), so a resumed run sees the same
 batches as an uninterrupted one.
+
+Random keys: every consumer of jax.random.key(config.seed) first folds in its own tag
+(`seed_key`), so that no two consumers can draw from the same key: the training data
+(KEY_TAG_DATA, then the stream, then the step) never equals the training init, noise or
+sample keys (KEY_TAG_TRAIN, see `train.py`), whatever the stream.
 """
 import itertools
 
@@ -19,6 +24,24 @@ DATA_AXIS = "data"
 PRIOR_AXIS = "prior"
 # Streams per seed for host-side data: seed and stream combine into one integer seed.
 MAX_STREAMS = 1000
+
+# Tags folded into jax.random.key(config.seed), one per consumer (`seed_key`); a new
+# consumer takes a new tag here.
+KEY_TAG_SEPARATION_MIXES = 0  # separation.run: the test mixes' Langevin noise
+KEY_TAG_SEPARATION_FILE = 1   # separation.run: the --input file's
+KEY_TAG_DIAGNOSTICS = 4       # diagnostics.run: then fold_in of its own streams
+KEY_TAG_DATA = 5              # training batches: then fold_in(stream), then fold_in(step)
+KEY_TAG_TRAIN = 6             # train.train_keys: then fold_in(0 init, 1 noise, 2 samples)
+
+
+def seed_key(seed, tag):
+  """The key of one consumer of config.seed: fold_in(key(seed), tag)."""
+  return jax.random.fold_in(jax.random.key(seed), tag)
+
+
+def data_key(seed, stream):
+  """The base key of a stream's toy training batches (step s: fold_in(data_key, s))."""
+  return jax.random.fold_in(seed_key(seed, KEY_TAG_DATA), stream)
 
 
 def _check_name(data_config):
@@ -42,8 +65,8 @@ def train_batches(config, start_step, mesh, stream=0):
   _check_name(data)
   batch_size = config.training.batch_size
   sharding = batch_sharding(mesh)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), stream)
   if data.name == "toy":
+    base_key = data_key(config.seed, stream)
     length = data.crop_length
     make = jax.jit(lambda key: toy.sample_sources(key, batch_size, length, data),
                    out_shardings=sharding)
