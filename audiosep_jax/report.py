@@ -450,7 +450,8 @@ def family_section(res, figures, json_link, scalars_links):
             "Mean log p of constant signals and of pure Gaussian noise (averaged over "
             f"{noise.get('examples_per_std')} draws per std). Compare with the in-class "
             "log p above: a prior that rates these higher than its own source can be "
-            "fooled by silence or hiss.", ""]
+            "fooled by silence or hiss. n/a: log p = -inf (the noiseless WaveNet's density "
+            "is 0 outside [-1, 1]).", ""]
   for l, sigma in enumerate(levels):
     lines += [f"{level_label(sigma)}, constant c:", ""]
     lines += table(["c"] + names, [[fmt(c)] + [fmt(const["log_prob"][l][k][i])
