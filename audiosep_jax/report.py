@@ -426,7 +426,9 @@ def family_section(res, figures, json_link, scalars_links):
   sens = res["noise_sensitivity"]
   lines += ["### Noise sensitivity", "", f"![noise sensitivity]({figures['noise']})", "",
             "In-class mean log p_k(s_k + sigma_test eps), rows sigma_test, columns the level "
-            "the prior was fine-tuned at; mean over the sources:", ""]
+            "the prior was fine-tuned at; mean over the sources (n/a: log p = -inf for some "
+            "example, e.g. the noiseless WaveNet, whose density is 0 outside [-1, 1], on "
+            "sources that reach +-1):", ""]
   header = ["sigma_test \\ level"] + [fmt(s) for s in levels]
   lines += table(header, [[fmt(t)] + [fmt(sens["mean"][l][i]) for l in range(len(levels))]
                           for i, t in enumerate(sens["test_sigmas"])])
