@@ -36,11 +36,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import soundfile
 from absl import logging
 
 from audiosep_jax import distributed
 from audiosep_jax import priors
+from audiosep_jax import separation
 from audiosep_jax import train
 from audiosep_jax.data import pipeline
 
@@ -331,14 +331,6 @@ def write_json(path, obj):
   os.replace(tmp, path)
 
 
-def write_wav(path, audio, sample_rate):
-  """Writes audio [T] in [-1, 1] as a 16-bit WAV, atomically (temp file + rename), as
-  separation.write_wav does (that one writes float WAVs)."""
-  tmp = path + ".tmp"
-  soundfile.write(tmp, audio, int(sample_rate), subtype="PCM_16", format="WAV")
-  os.replace(tmp, path)
-
-
 def write_samples(base, family, samples, levels, names, sample_rate):
   """samples [L, K, N, T] -> <base>/samples/<family>/samples.npy and
   .../<level>/<source>_<n>.wav (16-bit, clipped to [-1, 1]; the .npy keeps the raw values).
@@ -356,7 +348,7 @@ def write_samples(base, family, samples, levels, names, sample_rate):
     for k, name in enumerate(names):
       for n, clip in enumerate(samples[index, k]):
         path = os.path.join(level_dir, f"{name}_{n}.wav")
-        write_wav(path, np.clip(clip, -1.0, 1.0), sample_rate)
+        separation.write_wav(path, np.clip(clip, -1.0, 1.0), sample_rate, subtype="PCM_16")
         level_wavs.append(os.path.relpath(path, base))
     wavs.append(level_wavs)
   return os.path.relpath(os.path.join(directory, "samples.npy"), base), wavs

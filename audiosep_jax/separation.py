@@ -332,13 +332,14 @@ def level_sigmas(config):
   return tuple(sorted((float(s) for s in config.finetune.sigmas), reverse=True))
 
 
-def write_wav(path, audio, sample_rate):
-  """Writes float32 audio [T] atomically (temp name, then rename); process 0 only."""
+def write_wav(path, audio, sample_rate, subtype="FLOAT"):
+  """Writes audio [T] as a WAV of soundfile's `subtype` (float32 by default; 'PCM_16'
+  for audio in [-1, 1]) atomically (temp name, then rename); process 0 only."""
   if not distributed.is_primary():
     return
   tmp = path + ".tmp"
   import soundfile  # pylint: disable=g-import-not-at-top
-  soundfile.write(tmp, np.asarray(audio, np.float32), int(sample_rate), subtype="FLOAT",
+  soundfile.write(tmp, np.asarray(audio, np.float32), int(sample_rate), subtype=subtype,
                   format="WAV")
   os.replace(tmp, path)
 

@@ -343,10 +343,11 @@ def build(model_config):
 
   def level_log_prob(params, x, sigma):
     """sigma: a number or a traced scalar >= 0 (a traced negative one acts as 0)."""
-    if isinstance(sigma, (int, float)) and sigma < 0:
-      raise ValueError(f"level_log_prob: sigma must be >= 0, got {sigma}.")
-    if isinstance(sigma, (int, float)) and sigma == 0:
-      return log_prob(params, x)
+    if isinstance(sigma, (int, float)):
+      if sigma < 0:
+        raise ValueError(f"level_log_prob: sigma must be >= 0, got {sigma}.")
+      if sigma == 0:
+        return log_prob(params, x)
     log_probs = jax.nn.log_softmax(logits(params, x), axis=-1)
     positive = sigma > 0
     smoothed = smoothed_log_density(log_probs, x, jnp.where(positive, sigma, 1.0), bins)
