@@ -47,6 +47,12 @@ def standard_normal_log_density(z):
 
 def flow_module(model_config):
   """The FloWaveNet of a `config.model` (typed fields only, no ConfigDict inside)."""
+  for name in ("n_blocks", "n_flows", "n_layers", "width", "kernel_size", "dilation_cycle"):
+    if getattr(model_config, name) < 1:
+      raise ValueError(f"config.model.{name} must be >= 1, got {getattr(model_config, name)}.")
+  if model_config.kernel_size % 2 != 1:
+    raise ValueError("config.model.kernel_size must be odd for the flow's centred WaveNets, "
+                     f"got {model_config.kernel_size}.")
   return flow.FloWaveNet(
       n_blocks=model_config.n_blocks, n_flows=model_config.n_flows,
       n_layers=model_config.n_layers, width=model_config.width,

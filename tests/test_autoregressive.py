@@ -291,8 +291,11 @@ class DensityTest(parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(clipped)))
     expected = self.fns.history_log_prob(self.params, x, jnp.clip(x, -1.0, 1.0))
     np.testing.assert_array_equal(clipped, expected)
-    with self.assertRaisesRegex(ValueError, "sigma must be >= 0, got -0.1"):
-      self.fns.level_log_prob(self.params, x, -0.1)
+    for negative in (-0.1, np.float32(-0.1), jnp.float32(-0.1)):
+      with self.assertRaisesRegex(ValueError, "sigma must be >= 0, got -0.1"):
+        self.fns.level_log_prob(self.params, x, negative)
+    with self.assertRaisesRegex(ValueError, r"takes x \[B, T\], got shape \(64,\)"):
+      self.fns.log_prob(self.params, x[0])
 
 
 class SamplerTest(absltest.TestCase):

@@ -94,9 +94,13 @@ class FlowTest(absltest.TestCase):
   def test_sample_is_inverse_of_noise(self):
     prior = priors.build_flow(toy_flow.get_config("test").model)
     params = prior.init(jax.random.key(8), self.x)
+    params = perturbed(params, jax.random.key(10), 0.05)
     samples = prior.sample(params, jax.random.key(9), 2, 32)
     chex.assert_shape(samples, (2, 32))
-    chex.assert_tree_all_finite(samples)
+    z, _ = priors.flow_module(toy_flow.get_config("test").model).apply(
+        {"params": params}, samples)
+    np.testing.assert_allclose(z, jax.random.normal(jax.random.key(9), (2, 32)), atol=1e-5)
+    self.assertGreater(float(jnp.max(jnp.abs(samples - z))), 1e-3)  # not the noise itself
 
   def test_remat_gives_the_same_values_and_gradients(self):
     remat_module = flow.FloWaveNet(n_blocks=2, n_flows=2, n_layers=3, width=8,
@@ -131,6 +135,18 @@ class FlowTest(absltest.TestCase):
   def test_length_not_divisible_is_a_clear_error(self):
     with self.assertRaisesRegex(ValueError, "divisible by 4"):
       self.module.apply({"params": self.params}, jnp.zeros((1, 30)))
+    with self.assertRaisesRegex(ValueError, r"takes x \[B, T\], got shape \(32,\)"):
+      self.module.apply({"params": self.params}, jnp.zeros((32,)))
+
+  def test_bad_model_fields_are_clear_errors(self):
+    for field, value, message in (("n_blocks", 0, "n_blocks must be >= 1, got 0"),
+                                  ("n_layers", 0, "n_layers must be >= 1, got 0"),
+                                  ("width", -1, "width must be >= 1, got -1"),
+                                  ("kernel_size", 2, "kernel_size must be odd")):
+      model_config = toy_flow.get_config("test").model
+      model_config[field] = value
+      with self.assertRaisesRegex(ValueError, f"config.model.{message}"):
+        priors.build_flow(model_config)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ Densities, nats per sample of the waveform (comparable with the flow):
 
 Sampling: `cached_sample_bins` runs one new sample per `lax.scan` step with a ring buffer
 of past inputs per layer (O(layers) work per sample; lm1b temperature_sampler style, a
-pure step over the params tree); `naive_sample_bins` reruns the whole network on the
-prefix for every sample. Both draw step t with `jax.random.fold_in(key, t)`, so they
+pure step over the params tree); `naive_sample_bins` reruns the whole network over the
+whole length for every sample. Both draw step t with `jax.random.fold_in(key, t)`, so they
 sample the same bins for the same key. Samples are bin centres (midpoints in the waveform).
 """
 import functools
@@ -60,8 +60,8 @@ def mu_law_encode(x, mu):
 
 
 def mu_law_decode(y, mu):
-  """Inverse of `mu_law_encode` (elementwise)."""
-  return jnp.sign(y) * jnp.expm1(jnp.abs(y) * np.log1p(mu)) / mu
+  """Inverse of `mu_law_encode` (elementwise, in numpy: the bin edges, float64)."""
+  return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
 
 
 def check_quantization(num_bins, quantization, mu):
@@ -79,7 +79,7 @@ def bin_edges(num_bins, quantization, mu):
   check_quantization(num_bins, quantization, mu)
   edges = np.linspace(-1.0, 1.0, num_bins + 1)
   if quantization == "mu_law":
-    edges = np.sign(edges) * np.expm1(np.abs(edges) * np.log1p(mu)) / mu
+    edges = mu_law_decode(edges, mu)
   return edges
 
 
@@ -234,6 +234,8 @@ def receptive_field(settings):
 
 def shift_right(x):
   """x [B, T] -> [B, T] with x_{t-1} at t and 0 at t = 0."""
+  if x.ndim != 2:
+    raise ValueError(f"The WaveNet prior takes x [B, T], got shape {x.shape}.")
   return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
 
 
@@ -342,11 +344,15 @@ def build(model_config):
     return history_log_prob(params, x, x)
 
   def level_log_prob(params, x, sigma):
-    """sigma: a number or a traced scalar >= 0 (a traced negative one acts as 0)."""
-    if isinstance(sigma, (int, float)):
-      if sigma < 0:
+    """sigma: a scalar >= 0; a concrete negative one raises, a traced one acts as 0."""
+    try:
+      concrete = float(sigma)
+    except jax.errors.ConcretizationTypeError:
+      concrete = None
+    if concrete is not None:
+      if concrete < 0:
         raise ValueError(f"level_log_prob: sigma must be >= 0, got {sigma}.")
-      if sigma == 0:
+      if concrete == 0:
         return log_prob(params, x)
     log_probs = jax.nn.log_softmax(logits(params, x), axis=-1)
     positive = sigma > 0

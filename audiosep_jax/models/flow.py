@@ -168,7 +168,10 @@ class FloWaveNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, reverse=False):
-    """Forward x -> (z, logdet), or with reverse=True z -> (x, logdet of the inverse)."""
+    """Forward x [B, T] -> (z [B, T], logdet [B]), or with reverse=True z -> (x, logdet of
+    the inverse)."""
+    if x.ndim != 2:
+      raise ValueError(f"FloWaveNet takes x [B, T], got shape {x.shape}.")
     self.check_length(x.shape[-1])
     blocks = self._steps()
     h = x[..., None]
