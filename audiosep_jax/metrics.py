@@ -7,17 +7,18 @@ all mixes and sources `[B, K, T]` at once, and is jit-able and differentiable.
            the reference is scaled by the least-squares factor
            alpha = <s_hat, s> / ||s||^2, and
            SI-SDR = 10 log10(||alpha s||^2 / ||alpha s - s_hat||^2).
-           Invariant to any non-zero scaling of the estimate.
+           Invariant to scaling and offsetting the estimate (while its error energy
+           stays >> eps).
   si_sdr_improvement   SI-SDR(estimate) - SI-SDR(mix as the estimate), per source.
   sdr      the plain signal-to-error ratio 10 log10(||s||^2 / ||s - s_hat||^2): no mean
            removal, no scaling, and NOT BSS-Eval's SDR (which first allows a 512-tap
            distortion filter on the reference).
 
-eps: added to both energies of every ratio, so silent references and exact estimates
-give finite numbers (an exact estimate scores 10 log10((||s||^2 + eps) / eps)); it is
-negligible for audio-scale signals (energies >> 1e-8). A silent (or constant) estimate has
-alpha = 0, so both energies of its SI-SDR are 0 and it scores 10 log10(eps / eps) = 0 dB,
-not -inf: check estimates for silence before reading a collapsed separator's SI-SDRi.
+eps: every ratio is 10 log10(signal / (error + eps) + eps), so exact estimates and silent
+signals give finite numbers: an exact estimate scores 10 log10(||s||^2 / eps + eps), a
+silent (or constant) estimate, whose SI-SDR target alpha s is 0, scores 10 log10(eps) =
+-80 dB, below any real separation, so a separator that collapsed to silence shows as
+such. eps is negligible for audio-scale signals (energies >> 1e-8).
 """
 import jax.numpy as jnp
 
@@ -25,7 +26,7 @@ EPS = 1e-8
 
 
 def _db_ratio(signal_energy, error_energy, eps):
-  return 10.0 * jnp.log10((signal_energy + eps) / (error_energy + eps))
+  return 10.0 * jnp.log10(signal_energy / (error_energy + eps) + eps)
 
 
 def si_sdr(estimate, reference, eps=EPS):

@@ -63,9 +63,20 @@ class MetricsTest(absltest.TestCase):
     np.testing.assert_allclose(metrics.si_sdr_improvement(distorted, sources, mix),
                                20.0 - mix_db, atol=1e-3)
     # The true sources: the eps-capped exact score minus the mix baseline.
-    exact_db = 10 * np.log10((LENGTH + metrics.EPS) / metrics.EPS)
+    exact_db = 10 * np.log10(LENGTH / metrics.EPS + metrics.EPS)
     np.testing.assert_allclose(metrics.si_sdr_improvement(sources, sources, mix),
                                exact_db - mix_db, atol=0.01)
+
+  def test_silent_or_constant_estimate_scores_far_below_the_mix(self):
+    sources = jnp.asarray(orthogonal_tones(4))[None]  # [1, K, T]
+    mix = jnp.mean(sources, axis=1)
+    eps_db = 10 * np.log10(metrics.EPS)
+    for estimate in (jnp.zeros_like(sources), jnp.full_like(sources, 0.3)):
+      result = metrics.separation_metrics(estimate, sources, mix)
+      np.testing.assert_allclose(result["si_sdr"], eps_db, atol=0.01)
+      np.testing.assert_array_less(result["si_sdri"], -70.0)
+    # The plain SDR of silence is 0 dB: its error is the reference itself.
+    np.testing.assert_allclose(metrics.sdr(jnp.zeros_like(sources), sources), 0.0, atol=1e-4)
 
   def test_batched_equals_one_by_one_and_jits(self):
     rng = np.random.default_rng(2)
