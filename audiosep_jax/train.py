@@ -105,18 +105,28 @@ def tree_where(condition, new, old):
   return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
+def skip_or_apply(finite, new_opt_state, opt_state):
+  """The optimizer state after an update that is applied where `finite`, else skipped: a
+  skip keeps the moments (every float leaf) but advances the step counters (optax's
+  integer `count` leaves), so that the lr schedule follows the train step, skips or not."""
+  return jax.tree.map(
+      lambda n, o: n if jnp.issubdtype(n.dtype, jnp.integer) else jnp.where(finite, n, o),
+      new_opt_state, opt_state)
+
+
 def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop="map",
                     prior_groups=1, microbatches=1):
   """Returns the pure step(state, batch [B, K, T]) -> (state, metrics of [K]).
 
   Loss: mean negative log-likelihood in nats per sample, per prior, of the noisy batch
   (`noise`), or of `prior.noisy_log_prob(clean, noisy)` where the prior defines it. A
-  prior whose loss or gradient is not finite keeps its params and optimizer state and
-  counts a skip. The K priors run as `priors.map_priors(loop=prior_loop,
-  groups=prior_groups)` says (default 'map', as config.training.prior_loop's);
-  microbatches > 1 splits the batch into that many chunks of B // microbatches examples
-  (example i in chunk i % microbatches) and averages their losses and gradients one chunk
-  after another (`jax.lax.scan`): the same update with 1/microbatches of the activations.
+  prior whose loss or gradient is not finite keeps its params and Adam moments and counts
+  a skip (`skip_or_apply`: its schedule still advances). The K priors run as
+  `priors.map_priors(loop=prior_loop, groups=prior_groups)` says (default 'map', as
+  config.training.prior_loop's); microbatches > 1 splits the batch into that many chunks
+  of B // microbatches examples (example i in chunk i % microbatches) and averages their
+  losses and gradients one chunk after another (`jax.lax.scan`): the same update with
+  1/microbatches of the activations.
   """
   noise_key = jax.random.key(0) if noise_key is None else noise_key
 
@@ -144,8 +154,8 @@ def make_train_step(prior, optimizer, noise=Noise(), noise_key=None, prior_loop=
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    return (tree_where(finite, new_params, params), tree_where(finite, new_opt_state, opt_state),
-            loss, grad_norm, finite)
+    return (tree_where(finite, new_params, params),
+            skip_or_apply(finite, new_opt_state, opt_state), loss, grad_norm, finite)
 
   def chunked(batch):
     """[B, K, T] -> [microbatches, B // microbatches, K, T], example i in chunk
@@ -391,12 +401,27 @@ def train_keys(seed):
   return tuple(jax.random.fold_in(base_key, i) for i in range(3))
 
 
+def check_run_config(config):
+  """Clear errors, before a train or finetune run writes anything, for a config.data that
+  cannot give batches and for step counts and intervals below 1."""
+  pipeline.check_data_config(config.data)
+  for section, fields in (("training", ("num_steps", "batch_size", "log_every", "eval_every",
+                                        "checkpoint_every", "max_checkpoints")),
+                          ("finetune", ("num_steps",))):
+    for field in fields:
+      value = config[section][field]
+      if value < 1:
+        raise ValueError(f"config.{section}.{field} must be >= 1, got {value}.")
+
+
 def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   """Trains config.model.family's K priors on config.data; returns the final TrainState.
 
   sigma > 0: one noise fine-tuning level (config.finetune.num_steps steps of x + sigma * eps,
-  from init_params). Resumes from the latest checkpoint of its level directory.
+  from init_params). stream: the level's index (0: noiseless training), which gives it
+  its own data and noise draws. Resumes from the latest checkpoint of its level directory.
   """
+  check_run_config(config)
   family = config.model.family
   prior = priors.build(config.model)
   num_steps = config.training.num_steps if sigma == 0.0 else config.finetune.num_steps
@@ -404,6 +429,7 @@ def train_and_evaluate(config, workdir, sigma=0.0, init_params=None, stream=0):
   mesh = make_train_mesh(config)
   write_config(config, workdir)
   init_key, noise_key, sample_key = train_keys(config.seed)
+  noise_key = jax.random.fold_in(noise_key, stream)  # each fine-tuning level its own noise
 
   directory = checkpoint_dir(workdir, family, sigma)
   manager = checkpoint_manager(directory, config.training.max_checkpoints)
@@ -491,6 +517,16 @@ def finetune(config, workdir):
   sigmas = tuple(config.finetune.sigmas)
   if any(s <= 0 for s in sigmas):
     raise ValueError(f"config.finetune.sigmas must be positive, got {sigmas}.")
+  check_run_config(config)
+  directory = checkpoint_dir(workdir, config.model.family, 0.0)
+  if os.path.isdir(directory):
+    trained = checkpoint_manager(directory, config.training.max_checkpoints,
+                                 create=False).latest_step()
+    if trained is not None and trained < config.training.num_steps:
+      raise ValueError(
+          f"The noiseless {config.model.family} checkpoint in {directory} is at step "
+          f"{trained} of config.training.num_steps={config.training.num_steps}: finish it "
+          "with --mode=train (it resumes there) before --mode=finetune.")
   params = load_params(config, workdir, 0.0)
   for level, sigma in enumerate(sigmas, start=1):
     params = train_and_evaluate(config, workdir, sigma=sigma, init_params=params,

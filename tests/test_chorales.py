@@ -84,6 +84,15 @@ class ConfigTest(parameterized.TestCase):
                                             r"\(configs/chorales_\*\.py"):
       chorales.render_dataset(toy_flow.get_config("test"))
 
+  def test_missing_synthesis_package_names_the_extra_and_writes_nothing(self):
+    config = chorales_flow.get_config("test")
+    config.data.root = os.path.join(tempfile.mkdtemp(), "chorales")
+    missing = ImportError("Rendering the chorales needs the `chorales` extra: pip install")
+    with mock.patch.object(chorales, "import_synthesis", side_effect=missing):
+      with self.assertRaisesRegex(ImportError, "needs the `chorales` extra"):
+        chorales.render_dataset(config)
+    self.assertFalse(os.path.exists(config.data.root))
+
 
 def render_cli(root, *overrides):
   """`python -m audiosep_jax.main --mode=render_chorales` on the test variant."""

@@ -324,6 +324,7 @@ def render_dataset(config):
   The manifest's totals: number of chorales per split, files, and hours of audio.
   """
   _check_config(config)
+  import_synthesis()  # a missing package fails here, before the root folder is made
   data, render = config.data, config.render
   root = data.root
   os.makedirs(root, exist_ok=True)

@@ -50,6 +50,15 @@ def _check_name(data_config):
         f"Unknown config.data.name {data_config.name!r}; choose one of {DATASETS}.")
 
 
+def check_data_config(data_config):
+  """Clear errors for a config.data that cannot give batches (an unknown name; for stems,
+  what `stems.check_config` checks), before a run writes anything."""
+  _check_name(data_config)
+  if data_config.name != "toy":
+    from audiosep_jax.data import stems  # pylint: disable=g-import-not-at-top
+    stems.check_config(data_config)
+
+
 def batch_sharding(mesh):
   """A batch [B, K, T] on a ('data', 'prior') mesh (`train.make_mesh`): its rows split
   over `data`, its sources over `prior`."""

@@ -81,6 +81,14 @@ def _check_fields(data_config):
     raise ValueError(f"config.data.prefetch must be >= 0, got {data_config.prefetch!r}.")
 
 
+def check_config(data_config):
+  """Clear errors, before a run writes anything, for a stems config that cannot load: bad
+  fields, no root folder, no track folders in its train and test splits."""
+  _check_fields(data_config)
+  for split in (data_config.train_split, data_config.test_split):
+    track_dirs(data_config, split)
+
+
 def track_dirs(data_config, split):
   """Sorted track folders of one split: [<root>/<split>/<track>, ...]."""
   root = _root(data_config)
