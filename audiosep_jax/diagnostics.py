@@ -21,7 +21,9 @@ log p; the WaveNet: its categorical smoothed by N(0, sigma_l^2)).
   noise_probe               log_prob[l][k][m] of pure N(0, stds[m]^2) noise
   score_norm                E_t (d/dx_t sum_t' log p(x)_t')^2 at x = s_k + tau_l * eps:
                             the squared norm of the example's score divided by its length
-                            (per sample); tau_l = sigma_l, and smoothness_sigma at level 0
+                            (per sample); tau_l = sigma_l, and smoothness_sigma at level 0.
+                            NaN (null) for an example whose log p is -inf there (log 0
+                            has no gradient), so its mean is null, as log_p_drop is
   log_p_drop                mean log p_k(s_k) - mean log p_k(s_k + smoothness_sigma * eps)
 
 The noise eps of example n is drawn from fold_in(key, n), the same for every level, test
@@ -30,7 +32,6 @@ sigma and batch size, so the numbers are a function of (config, params) only.
 <workdir>/diagnostics/samples/<family>/.
 """
 import functools
-import json
 import os
 
 import jax
@@ -95,10 +96,12 @@ def score_sq_norm(prior, params, x, sigma):
 
   The score is grad_x of the example's log density sum_t log p(x)_t (examples are
   independent, so one gradient of each prior's total gives every example's score;
-  `priors.stacked_level_score`).
+  `priors.stacked_level_score`). NaN where that log density is not finite (the noiseless
+  WaveNet outside [-1, 1]: log 0, whose gradient means nothing).
   """
-  _, score = priors.stacked_level_score(prior, params, x, sigma)
-  return jnp.mean(jnp.square(score), axis=-1)
+  log_prob, score = priors.stacked_level_score(prior, params, x, sigma)
+  norm = jnp.mean(jnp.square(score), axis=-1)
+  return jnp.where(jnp.all(jnp.isfinite(log_prob), axis=-1), norm, jnp.nan)
 
 
 def auroc(positive, negative):
@@ -322,15 +325,6 @@ def diagnose(config, prior, level_params, levels, data, mesh=None):
 # Files ----------------------------------------------------------------------------------
 
 
-def write_json(path, obj):
-  """Writes obj as strict JSON (no NaN), atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
-
-
 def write_samples(base, family, samples, levels, names, sample_rate):
   """samples [L, K, N, T] -> <base>/samples/<family>/samples.npy and
   .../<level>/<source>_<n>.wav (16-bit, clipped to [-1, 1]; the .npy keeps the raw values).
@@ -389,7 +383,7 @@ def run(config, workdir):
   results["samples"].update(npy=npy, wavs=wavs, shape=list(samples.shape),
                             sample_rate=int(config.data.sample_rate))
   path = os.path.join(out_dir, f"{family}.json")
-  write_json(path, results)
+  separation.write_json(path, results)
   logging.info("Diagnostics of %s written to %s; mean AUROC per level: %s", family, path,
                dict(zip(results["levels"], results["mean_auroc"])))
   return results

@@ -3,7 +3,8 @@
 Reads, never recomputes: every number in index.md is formatted from a JSON file beside it
 (<workdir>/diagnostics/<family>.json, <workdir>/separations/<family>/metrics.json); the
 training curves come from <workdir>/tb/<family>/sigma_<level>/scalars.jsonl. All families
-found in the workdir go into one report. Figures (one set per family):
+found in the workdir (with diagnostics, a separation or both) go into one report. Figures
+(one set per family with diagnostics, and a separation figure per separated family):
 
   dilemma.png               discrimination (mean AUROC) against smoothness, a point per level
   cross_<family>.png        cross-likelihood heatmaps per level (clean, and at level noise)
@@ -80,12 +81,17 @@ def load_scalars(workdir, family, sigma):
   return [by_step[step] for step in sorted(by_step)]
 
 
+def separated_families(workdir):
+  """Sorted names of the families with a <workdir>/separations/<family>/metrics.json."""
+  paths = glob.glob(os.path.join(workdir, "separations", "*", "metrics.json"))
+  return sorted(os.path.basename(os.path.dirname(p)) for p in paths)
+
+
 def load_separation(workdir, family):
-  """(metrics dict or None, error text or None, [mix directories]) of one family."""
+  """(metrics dict, None, [mix directories]) of one family, or (None, error text, [mix
+  directories]) when its metrics.json cannot be read."""
   directory = os.path.join(workdir, "separations", family)
   path = os.path.join(directory, "metrics.json")
-  if not os.path.isfile(path):
-    return None, None, []
   mixes = [d for d in glob.glob(os.path.join(directory, "mix_*"))
            if os.path.isdir(d) and d.rsplit("_", 1)[1].isdigit()]
   mixes.sort(key=lambda d: int(d.rsplit("_", 1)[1]))
@@ -143,8 +149,38 @@ def family_colors(families):
   return {f: palette[i % len(palette)] for i, f in enumerate(families)}
 
 
+DILEMMA_PANELS = ("left", "right")
+
+
+def dilemma_xs(res):
+  """The x values [L] of the two panels of dilemma.png: mean score norm, log p drop."""
+  return as_array(res["score_norm"]["mean"]), as_array(res["log_p_drop"]["mean"])
+
+
+def drop_label(all_results):
+  """The right panel's x label, with each family's smoothness sigma if they differ."""
+  sigmas = {family: fmt(res["log_p_drop"]["sigma"]) for family, res in all_results.items()}
+  if len(set(sigmas.values())) == 1:
+    return (f"drop of in-class log p at sigma_test={next(iter(sigmas.values()))} "
+            "(nats/sample)  <- smoother")
+  return ("drop of in-class log p (nats/sample)  <- smoother\nat sigma_test "
+          + ", ".join(f"{s} ({f})" for f, s in sigmas.items()))
+
+
+def left_out(all_results):
+  """[(panel, family, sigma)] of the levels dilemma.png cannot place: x is n/a (e.g. an
+  infinite log p drop); the figure marks them at the panel's right edge."""
+  missing = []
+  for family, res in all_results.items():
+    for panel, x in zip(DILEMMA_PANELS, dilemma_xs(res)):
+      missing += [(panel, family, sigma) for xi, sigma in zip(x, res["levels"])
+                  if not np.isfinite(xi)]
+  return missing
+
+
 def dilemma_figure(all_results, path):
-  """Mean AUROC against mean score norm (log) and against the log p drop, per family."""
+  """Mean AUROC against mean score norm (log) and against the log p drop, per family;
+  a level with an n/a x is a triangle at the right edge, labelled "<sigma>: n/a"."""
   fig = Figure(figsize=(11, 4.5), layout="constrained")
   axes = fig.subplots(1, 2)
   colors = family_colors(list(all_results))
@@ -153,16 +189,20 @@ def dilemma_figure(all_results, path):
     levels = res["levels"]
     auroc_clean = as_array(res["mean_auroc"])
     auroc_noisy = as_array(res.get("mean_auroc_level_noise", res["mean_auroc"]))
-    xs = (as_array(res["score_norm"]["mean"]), as_array(res["log_p_drop"]["mean"]))
-    for ax, x in zip(axes, xs):
+    for ax, x in zip(axes, dilemma_xs(res)):
       ax.plot(x, auroc_clean, "-o", color=color, label=f"{family}: clean inputs")
       ax.plot(x, auroc_noisy, "--s", color=color, alpha=0.5, markersize=4,
               label=f"{family}: inputs at the level's noise")
-      for xi, yi, sigma in zip(x, auroc_clean, levels):
+      edge = ax.get_yaxis_transform()  # x in axes coordinates, y in data coordinates
+      for xi, yi, noisy, sigma in zip(x, auroc_clean, auroc_noisy, levels):
         if np.isfinite(xi) and np.isfinite(yi):
           ax.annotate(fmt(sigma), (xi, yi), textcoords="offset points", xytext=(4, 4),
                       fontsize=8, color=color)
-  sigma_drop = next(iter(all_results.values()))["log_p_drop"]["sigma"]
+        elif np.isfinite(yi):
+          for y, alpha in ((yi, 1.0), (noisy, 0.5)):
+            ax.plot([1.0], [y], ">", color=color, alpha=alpha, transform=edge, clip_on=False)
+          ax.annotate(f"{fmt(sigma)}: n/a", (1.0, yi), xycoords=edge, ha="right",
+                      textcoords="offset points", xytext=(-6, 4), fontsize=8, color=color)
   axes[0].set_xscale("log")
   axes[0].set_xlabel("mean squared score per sample (log)  <- smoother")
   drops = np.concatenate([as_array(r["log_p_drop"]["mean"]) for r in all_results.values()])
@@ -172,8 +212,7 @@ def dilemma_figure(all_results, path):
   else:
     positive = np.abs(drops[drops != 0])
     axes[1].set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
-  axes[1].set_xlabel(f"drop of in-class log p at sigma_test={fmt(sigma_drop)} (nats/sample)"
-                     "  <- smoother")
+  axes[1].set_xlabel(drop_label(all_results))
   aurocs = np.concatenate([as_array(r[key]) for r in all_results.values()
                            for key in ("mean_auroc", "mean_auroc_level_noise") if key in r])
   aurocs = aurocs[np.isfinite(aurocs)]
@@ -366,22 +405,28 @@ def summary_section(all_results):
   lines = ["## Summary: discrimination against smoothness", "", "![dilemma](dilemma.png)", "",
            "x: smoothness (left: mean squared score per sample at x = s + tau eps, tau = the "
            "level's sigma, the smoothness sigma at level 0; right: the drop of in-class log p "
-           "when noise of the smoothness sigma is added), y: mean AUROC over the priors "
-           "(solid: clean test data; dashed: test data noised at the level's sigma). Chance "
-           "is 0.5. A prior that escapes the dilemma sits top left; the 2020 finding is a "
-           "line from top right (noiseless: discriminative but peaked) to bottom left "
-           "(fine-tuned: smooth but not discriminative).", ""]
+           "when noise of the family's smoothness sigma, column drop sigma_test, is added), "
+           "y: mean AUROC over the priors (solid: clean test data; dashed: test data noised "
+           "at the level's sigma). Chance is 0.5. A prior that escapes the dilemma sits top "
+           "left; the 2020 finding is a line from top right (noiseless: discriminative but "
+           "peaked) to bottom left (fine-tuned: smooth but not discriminative).", ""]
+  missing = left_out(all_results)
+  for panel in DILEMMA_PANELS:
+    names = [f"{family} {level_label(sigma)}" for p, family, sigma in missing if p == panel]
+    if names:
+      lines += [f"Not placed in the {panel} panel (x is n/a, e.g. an infinite log p drop; "
+                "drawn as a triangle at its right edge): " + ", ".join(names) + ".", ""]
   rows = []
   for family, res in all_results.items():
     for l, sigma in enumerate(res["levels"]):
       noisy = res.get("mean_auroc_level_noise")
       rows.append([family, fmt(sigma), fmt(res["mean_auroc"][l]),
                    fmt(noisy[l]) if noisy else "n/a", fmt(res["score_norm"]["input_sigmas"][l]),
-                   fmt(res["score_norm"]["mean"][l]), fmt(res["log_p_drop"]["mean"][l])])
-  drop_sigma = fmt(next(iter(all_results.values()))["log_p_drop"]["sigma"])
+                   fmt(res["score_norm"]["mean"][l]), fmt(res["log_p_drop"]["sigma"]),
+                   fmt(res["log_p_drop"]["mean"][l])])
   lines += table(["family", "level sigma", "mean AUROC (clean)", "mean AUROC (level noise)",
-                  "score input sigma", "mean squared score", f"log p drop at {drop_sigma}"],
-                 rows)
+                  "score input sigma", "mean squared score", "drop sigma_test",
+                  "log p drop"], rows)
   return lines
 
 
@@ -501,11 +546,21 @@ def metric_value(metrics, keys, name):
   return None
 
 
+def separation_names(metrics, results, mixes):
+  """Source names of a separation: from its metrics, else from its family's diagnostics,
+  else from the estimate WAVs of its first mix."""
+  names = (metrics or {}).get("source_names") or (results or {}).get("source_names")
+  if names or not mixes:
+    return list(names or [])
+  wavs = sorted(glob.glob(os.path.join(mixes[0], "estimate_*.wav")))
+  return [os.path.basename(w)[len("estimate_"):-len(".wav")] for w in wavs]
+
+
 def separation_section(family, metrics, error, figure, wav_links):
   lines = [f"## Separation: {family}", ""]
   if error:
     return lines + [error, ""]
-  names = metrics.get("source_names") or sorted(metrics.get("si_sdr", {}))
+  names = metrics.get("source_names") or sorted(metrics.get("si_sdr") or {})
   columns = [(label, keys) for label, keys in SEPARATION_COLUMNS
              if any(isinstance(metrics.get(k), dict) for k in keys)]
   lines += [f"Metrics: [../separations/{family}/metrics.json]"
@@ -515,6 +570,11 @@ def separation_section(family, metrics, error, figure, wav_links):
   rows = [[name] + [fmt(metric_value(metrics, keys, name)) for _, keys in columns]
           for name in names]
   lines += table(["source"] + [label for label, _ in columns], rows)
+  bad = metrics.get("non_finite_estimates")
+  if isinstance(bad, int) and bad > 0:
+    lines += [f"{bad} estimated source(s) hold NaN or inf: the sampler diverged "
+              "(config.separation.delta?). Their metrics are null in metrics.json, and a "
+              "mean over mixes that includes one is n/a above.", ""]
   if figure:
     lines += [f"![separation]({figure})", ""]
   if wav_links:
@@ -539,14 +599,23 @@ def run(config, workdir):
   if not distributed.is_primary():
     return None
   all_results = load_diagnostics(workdir)
-  if not all_results:
-    raise FileNotFoundError(f"No diagnostics in {os.path.join(workdir, 'diagnostics')}; run "
-                            "--mode=diagnose first.")
+  separated = separated_families(workdir)
+  if not all_results and not separated:
+    raise FileNotFoundError(
+        f"Neither diagnostics ({os.path.join(workdir, 'diagnostics', '<family>.json')}) nor "
+        f"separations ({os.path.join(workdir, 'separations', '<family>', 'metrics.json')}) "
+        "to report; run --mode=diagnose or --mode=separate first.")
   out = os.path.join(workdir, REPORT_DIR)
   os.makedirs(out, exist_ok=True)
-  lines = [f"# Report: {os.path.basename(os.path.abspath(workdir))}", "", HOW_TO_READ]
-  dilemma_figure(all_results, os.path.join(out, "dilemma.png"))
-  lines += summary_section(all_results)
+  lines = [f"# Report: {os.path.basename(os.path.abspath(workdir))}", ""]
+  undiagnosed = [family for family in separated if family not in all_results]
+  if undiagnosed:
+    lines += [f"No diagnostics for {', '.join(undiagnosed)} (run --mode=diagnose): "
+              "separation only.", ""]
+  if all_results:
+    lines += [HOW_TO_READ]
+    dilemma_figure(all_results, os.path.join(out, "dilemma.png"))
+    lines += summary_section(all_results)
 
   for family, res in all_results.items():
     figures = {}
@@ -568,11 +637,9 @@ def run(config, workdir):
                       os.path.join(out, figures["training"]))
     lines += family_section(res, figures, f"../diagnostics/{family}.json", scalars_links)
 
-  for family, res in all_results.items():
+  for family in separated:
     metrics, error, mixes = load_separation(workdir, family)
-    if metrics is None and error is None:
-      continue
-    names = list((metrics or {}).get("source_names") or res["source_names"])
+    names = separation_names(metrics, all_results.get(family), mixes)
     figure = None
     if mixes:
       figure = f"separation_{family}.png"

@@ -344,13 +344,26 @@ def write_wav(path, audio, sample_rate, subtype="FLOAT"):
   os.replace(tmp, path)
 
 
+def _finite_or_null(value):
+  """value with every non-finite float (NaN, +-inf) replaced by None, for strict JSON."""
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
 def write_json(path, value):
-  """Writes JSON atomically; process 0 only."""
+  """Writes value as strict JSON (non-finite floats as null) atomically (temp file, then
+  rename), creating its folder; process 0 only."""
   if not distributed.is_primary():
     return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+    json.dump(_finite_or_null(value), f, indent=1, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
@@ -400,6 +413,11 @@ def separate_test_mixes(config, separate_batch, key, out_dir):
   start = time.time()
   estimates, trace = _batched(separate_batch, key, mixes, sep.batch_size, references)
   seconds = time.time() - start
+  non_finite = int(np.sum(~np.all(np.isfinite(estimates), axis=-1)))
+  if non_finite:
+    logging.warning("%d of %d estimated sources hold NaN or inf: the sampler diverged "
+                    "(config.separation.delta?); their metrics are null in metrics.json.",
+                    non_finite, estimates.shape[0] * estimates.shape[1])
   result = jax.tree.map(np.asarray, metrics.separation_metrics(
       jnp.asarray(estimates), jnp.asarray(references), jnp.asarray(mixes)))
   rate = config.data.sample_rate
@@ -428,6 +446,7 @@ def separate_test_mixes(config, separate_batch, key, out_dir):
       "seed": config.seed,
       "seconds": seconds,
       "audio_seconds_per_second": sep.num_mixes * sep.mix_length / rate / seconds,
+      "non_finite_estimates": non_finite,
       "mean": {q: float(np.mean(result[q])) for q in quantities},
       "per_mix": [{q: _per_source(result[q][i], names) for q in quantities}
                   for i in range(sep.num_mixes)],
@@ -447,6 +466,20 @@ def separate_test_mixes(config, separate_batch, key, out_dir):
   return summary
 
 
+def check_run_sizes(separation_config):
+  """Clear errors for config.separation's mix count, length and batch size below 1."""
+  for name in ("num_mixes", "mix_length", "batch_size"):
+    if separation_config[name] < 1:
+      raise ValueError(f"config.separation.{name} must be >= 1, got {separation_config[name]}.")
+
+
+def check_file_input(separation_config, input_path):
+  """Clear errors for a missing --input file or a chunking it cannot be cut into."""
+  check_chunking(separation_config.mix_length, separation_config.chunk_overlap)
+  if not os.path.isfile(input_path):
+    raise FileNotFoundError(f"--input: no file at {input_path!r}.")
+
+
 def separate_file(config, separate_batch, key, input_path, out_dir):
   """Separates a WAV file (any rate, mono or stereo; mixed down and resampled to
   config.data.sample_rate) in crossfaded chunks; writes the mono mix and the K estimates
@@ -454,9 +487,7 @@ def separate_file(config, separate_batch, key, input_path, out_dir):
   import soundfile  # pylint: disable=g-import-not-at-top
   import soxr  # pylint: disable=g-import-not-at-top
   sep, names = config.separation, tuple(config.data.source_names)
-  check_chunking(sep.mix_length, sep.chunk_overlap)
-  if not os.path.isfile(input_path):
-    raise FileNotFoundError(f"--input: no file at {input_path!r}.")
+  check_file_input(sep, input_path)
   try:
     audio, file_rate = soundfile.read(input_path, dtype="float32", always_2d=True)
   except RuntimeError as e:
@@ -536,6 +567,9 @@ def run(config, workdir, input_path=None):
   test-mix metrics dict (the content of metrics.json).
   """
   from audiosep_jax import train  # pylint: disable=g-import-not-at-top
+  check_run_sizes(config.separation)
+  if input_path is not None:
+    check_file_input(config.separation, input_path)
   family = config.model.family
   sigmas = level_sigmas(config)
   prior = priors.build(config.model)

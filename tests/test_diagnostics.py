@@ -15,6 +15,7 @@ from audiosep_jax import diagnostics
 from audiosep_jax import priors
 from audiosep_jax import train
 from configs import toy_flow
+from configs import toy_wavenet
 
 
 def tiny_config():
@@ -72,10 +73,12 @@ class AurocTest(absltest.TestCase):
       diagnostics.auroc([], [1.0])
 
   def test_prior_aurocs_use_own_row(self):
+    # cross[n, k, j] = log p_k(s_j): prior 0 rates source 1 above its own (AUROC 0), prior
+    # 1 its own above source 0 (AUROC 1). Read by columns, the answer would be [1, 0].
     cross = np.zeros((3, 2, 2))
-    cross[:, 0, 0] = 5.0  # prior 0 rates its own source highest: AUROC 1
-    cross[:, 1, 1] = -5.0  # prior 1 rates its own source lowest: AUROC 0
-    np.testing.assert_array_equal(diagnostics.prior_aurocs(cross), [1.0, 0.0])
+    cross[:, 0, 0], cross[:, 0, 1] = 5.0, 9.0
+    cross[:, 1, 0], cross[:, 1, 1] = -9.0, -5.0
+    np.testing.assert_array_equal(diagnostics.prior_aurocs(cross), [0.0, 1.0])
 
 
 class BatchingTest(absltest.TestCase):
@@ -164,6 +167,72 @@ class PureFunctionsTest(absltest.TestCase):
   def test_probe_scores_every_prior_on_the_same_input(self):
     self.assertEqual(self.out["probe"].shape, (4, 2))
     np.testing.assert_allclose(self.out["probe"][3], self.out["constant_3"], rtol=1e-5)
+
+
+def truncated_prior():
+  """A Prior with params a [K]: log p(x)_t = -a x_t^2 / 2, and at sigma = 0 -inf outside
+  [-1, 1], as the noiseless WaveNet's (its score there is finite: 0 through the where)."""
+  def level_log_prob(params, x, sigma):
+    return jnp.where((jnp.abs(x) <= 1.0) | (sigma > 0), -0.5 * params * jnp.square(x),
+                     -jnp.inf)
+
+  return priors.Prior(
+      init=None, log_prob=lambda params, x: level_log_prob(params, x, 0.0),
+      sample=lambda params, key, batch, length: jax.random.normal(key, (batch, length)),
+      level_log_prob=level_log_prob)
+
+
+class LogZeroScoreTest(absltest.TestCase):
+  """Where the level's log p is -inf, the score norm is NaN (null), like the log p drop."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.prior, cls.params = truncated_prior(), np.array([1.0, 2.0], np.float32)
+    wave = 0.5 * np.sin(np.linspace(0.0, 6.0, 64, dtype=np.float32))
+    cls.data = np.stack([np.stack([wave, wave])] * 4)  # [4, 2, 64]
+    cls.data[2:, 1] = 1.0  # source 1, examples 2 and 3: at the edge, noise crosses it
+
+  def test_score_norm_is_nan_only_for_examples_with_log_zero(self):
+    x = self.data + 0.05 * np.asarray(diagnostics.example_noise(
+        jax.random.key(0), jnp.arange(4), (2, 64)))
+    norms = np.asarray(diagnostics.score_sq_norm(self.prior, self.params, x, 0.0))
+    inside = np.ones((4, 2), bool)
+    inside[2:, 1] = False
+    outside = np.abs(x) > 1.0
+    self.assertTrue(np.all(outside[2:, 1].any(-1) & ~outside[2:, 1].all(-1)))  # a mix
+    np.testing.assert_array_equal(np.isnan(norms), ~inside)
+    direct = np.mean(np.square(self.params[None, :, None] * x), axis=-1)
+    np.testing.assert_allclose(norms[inside], direct[inside], rtol=1e-5)
+    smoothed = diagnostics.score_sq_norm(self.prior, self.params, x, 0.1)  # no log 0
+    np.testing.assert_allclose(smoothed, direct, rtol=1e-5)
+
+  def test_noiseless_wavenet_score_norm_is_nan_beyond_one(self):
+    prior = priors.build(toy_wavenet.get_config("test").model)
+    x = np.concatenate([np.full((1, 2, 64), 0.3), np.full((1, 2, 64), 0.99)], dtype=np.float32)
+    params = priors.stack_init(prior, jax.random.key(0), jnp.asarray(x))
+    x = x + 0.05 * np.asarray(diagnostics.example_noise(jax.random.key(1), jnp.arange(2),
+                                                        (2, 64)))
+    norms = jax.jit(lambda p, v: jnp.stack([diagnostics.score_sq_norm(prior, p, v, s)
+                                             for s in (0.0, 0.1)]))(params, x)
+    np.testing.assert_array_equal(np.isfinite(norms), [[[True, True], [False, False]],
+                                                       [[True, True], [True, True]]])
+
+  def test_diagnose_reports_null_score_where_the_drop_is_null(self):
+    config = tiny_config()
+    config.data.source_names = ("inside", "edge")
+    levels = (0.0, 0.1)
+    results, _ = diagnostics.diagnose(config, self.prior, np.stack([self.params] * 2),
+                                      levels, self.data)
+    score, drop = results["score_norm"], results["log_p_drop"]
+    self.assertIsNone(drop["per_source"][0][1])  # level 0, edge source: log p = -inf
+    for l in range(len(levels)):
+      for k in range(2):
+        self.assertEqual(score["per_source"][l][k] is None, drop["per_source"][l][k] is None)
+      self.assertEqual(score["mean"][l] is None, drop["mean"][l] is None)
+    self.assertIsNone(score["mean"][0])
+    self.assertIsNotNone(score["mean"][1])
+    json.dumps(results, allow_nan=False)
 
 
 def save_level_checkpoints(config, workdir, prior, params, levels):

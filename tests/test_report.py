@@ -1,6 +1,6 @@
 """The report of a tiny trained, fine-tuned and diagnosed workdir (the pipeline end to end):
 every figure written and non-empty, every link resolving, every number in index.md taken
-from the JSON beside it."""
+from the JSON beside it, in its place."""
 import copy
 import json
 import os
@@ -12,9 +12,9 @@ import numpy as np
 import soundfile
 from absl.testing import absltest
 
-from audiosep_jax import diagnostics
 from audiosep_jax import main
 from audiosep_jax import report
+from audiosep_jax import separation
 from tests import test_diagnostics
 
 LINK = re.compile(r"\]\(([^)]+)\)")
@@ -56,11 +56,39 @@ def table_numbers(markdown):
   return numbers
 
 
+def section(markdown, heading):
+  """The text of the section '## heading', up to the next '## '."""
+  start = markdown.index(f"\n## {heading}\n")
+  end = markdown.find("\n## ", start + 1)
+  return markdown[start:end if end >= 0 else None]
+
+
+def table_after(text, caption):
+  """(header, rows) of the first markdown table after the first line starting with
+  caption; cells stripped."""
+  lines = text.splitlines()
+  i = next(i for i, line in enumerate(lines) if line.startswith(caption))
+  while not lines[i].startswith("|"):
+    i += 1
+  cells = []
+  while i < len(lines) and lines[i].startswith("|"):
+    if not lines[i].startswith("|---"):
+      cells.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+    i += 1
+  return cells[0], cells[1:]
+
+
+def fmt_rows(rows):
+  return [[report.fmt(v) for v in row] for row in rows]
+
+
 def write_workdir(workdir):
   """A workdir as the pipeline leaves it: the flow family briefly trained and fine-tuned
   at one level, then diagnosed (all through main.run, as --mode does); a second family
-  'wavenet' with the same numbers less the flow-only fields; one family's separation (the
-  other's metrics.json unreadable). Returns the JSON objects the report may quote."""
+  'wavenet' with the same numbers less the flow-only fields, another smoothness sigma and
+  an infinite log p drop at level 0; the flow's separation (one estimate diverged), the
+  wavenet's metrics.json unreadable, and a family 'solo' with a separation only. Returns
+  the JSON objects the report may quote."""
   config = test_diagnostics.tiny_config()
   config.training.num_steps = 2
   config.training.log_every = 1
@@ -77,7 +105,9 @@ def write_workdir(workdir):
   other["family"] = "wavenet"
   del other["cross_latent_log_prob_paper_clipped"], other["paper_clip"]
   other["mean_auroc"] = [0.6, 0.55]
-  diagnostics.write_json(os.path.join(out, "wavenet.json"), other)
+  other["log_p_drop"]["sigma"] = 0.2
+  other["log_p_drop"]["mean"][0] = float("inf")
+  separation.write_json(os.path.join(out, "wavenet.json"), other)
 
   names = results["source_names"]
   sep = os.path.join(workdir, "separations", "flow")
@@ -88,16 +118,22 @@ def write_workdir(workdir):
   for k, name in enumerate(names):
     soundfile.write(os.path.join(sep, "mix_0", f"true_{name}.wav"), wave * (k + 1) / 4, rate)
     soundfile.write(os.path.join(sep, "mix_0", f"estimate_{name}.wav"), wave / 4, rate)
-  metrics = {"source_names": names, "num_mixes": 1,
+  metrics = {"source_names": names, "num_mixes": 1, "non_finite_estimates": 1,
              "si_sdr": {n: 1.5 + k for k, n in enumerate(names)},
              "si_sdri": {n: 7.25 + k for k, n in enumerate(names)},
              "mix_si_sdr": {n: -5.75 for n in names}, "per_mix": [{"si_sdr": {}}]}
-  with open(os.path.join(sep, "metrics.json"), "w") as f:
-    json.dump(metrics, f)
+  metrics["si_sdr"][names[0]] = float("nan")  # written as null
+  separation.write_json(os.path.join(sep, "metrics.json"), metrics)
   os.makedirs(os.path.join(workdir, "separations", "wavenet"))
   with open(os.path.join(workdir, "separations", "wavenet", "metrics.json"), "w") as f:
     f.write("{not json")
-  return [results, other, metrics]
+  solo = os.path.join(workdir, "separations", "solo")
+  os.makedirs(os.path.join(solo, "mix_0"))
+  for stem in ("mix", "true_hum", "estimate_hum"):
+    soundfile.write(os.path.join(solo, "mix_0", f"{stem}.wav"), wave, rate)
+  solo_metrics = {"num_mixes": 1, "si_sdr": {"hum": 2.5}, "sdr": {"hum": 3.25}}
+  separation.write_json(os.path.join(solo, "metrics.json"), solo_metrics)
+  return [results, other, metrics, solo_metrics]
 
 
 class ReportTest(absltest.TestCase):
@@ -119,7 +155,7 @@ class ReportTest(absltest.TestCase):
 
   def test_every_figure_is_written_and_non_empty(self):
     out = os.path.dirname(self.index)
-    expected = ["dilemma.png", "separation_flow.png"] + [
+    expected = ["dilemma.png", "separation_flow.png", "separation_solo.png"] + [
         f"{kind}_{family}.png" for family in ("flow", "wavenet")
         for kind in ("cross", "noise", "probes", "samples")] + ["training_flow.png"]
     for name in expected:
@@ -152,13 +188,85 @@ class ReportTest(absltest.TestCase):
     self.assertIn("| saw | 3.5 | 9.25 | -5.75 |", self.markdown)
     self.assertIn("| wavenet | 0.1 | 0.55 |", self.markdown)
 
+  def test_diagnostics_tables_hold_the_json_in_place(self):
+    # Whole tables against the JSON, row by row: a transposed or mis-indexed table fails.
+    flow = self.sources[0]
+    names, levels = flow["source_names"], flow["levels"]
+    text = section(self.markdown, "flow")
+    for l, sigma in enumerate(levels):
+      for caption, key in (("clean test data", "cross_log_prob"),
+                           ("test data plus the level's noise", "cross_log_prob_level_noise"),
+                           ("latent term only", "cross_latent_log_prob_paper_clipped")):
+        header, rows = table_after(text, f"{report.level_label(sigma)}, {caption}")
+        self.assertEqual(header[1:], names)
+        self.assertEqual(rows, [[n] + r for n, r in zip(names, fmt_rows(flow[key][l]))])
+      const, noise = flow["constant_probe"], flow["noise_probe"]
+      _, rows = table_after(text, f"{report.level_label(sigma)}, constant c:")
+      self.assertEqual(rows, fmt_rows(np.c_[const["values"], np.transpose(
+          np.array(const["log_prob"][l], dtype=float))]))
+      _, rows = table_after(text, f"{report.level_label(sigma)}, noise std:")
+      self.assertEqual(rows, fmt_rows(np.c_[noise["stds"], np.transpose(
+          np.array(noise["log_prob"][l], dtype=float))]))
+    _, rows = table_after(text, "Clean test data:")
+    self.assertEqual(rows, fmt_rows(np.c_[levels, flow["auroc"], flow["mean_auroc"]]))
+    sens = flow["noise_sensitivity"]
+    for k, name in enumerate(names):
+      header, rows = table_after(text, f"Prior {name}:")
+      self.assertEqual(header[1:], fmt_rows([levels])[0])
+      self.assertEqual(rows, fmt_rows(np.c_[sens["test_sigmas"], np.transpose(
+          np.array(sens["table"], dtype=float)[:, :, k])]))
+    _, rows = table_after(text, "Mean squared score per sample")
+    smooth = flow["score_norm"], flow["log_p_drop"]
+    self.assertEqual(rows, fmt_rows(np.c_[levels, smooth[0]["input_sigmas"],
+                                          smooth[0]["per_source"], smooth[1]["per_source"]]))
+
+  def test_summary_uses_each_familys_smoothness_sigma_and_names_left_out_levels(self):
+    header, rows = table_after(section(self.markdown, "Summary: discrimination against "
+                                                      "smoothness"), "x: smoothness")
+    self.assertEqual(header[-2:], ["drop sigma_test", "log p drop"])
+    expected = []
+    for res in self.sources[:2]:
+      for l, sigma in enumerate(res["levels"]):
+        expected.append([res["family"]] + fmt_rows([[
+            sigma, res["mean_auroc"][l], res["mean_auroc_level_noise"][l],
+            res["score_norm"]["input_sigmas"][l], res["score_norm"]["mean"][l],
+            res["log_p_drop"]["sigma"], res["log_p_drop"]["mean"][l]]])[0])
+    self.assertEqual(rows, expected)
+    self.assertEqual(rows[2][-2:], ["0.2", "n/a"])  # wavenet, level 0
+    self.assertEqual(report.left_out({r["family"]: r for r in self.sources[:2]}),
+                     [("right", "wavenet", 0.0)])
+    self.assertIn("Not placed in the right panel", self.markdown)
+    self.assertIn("right edge): wavenet noiseless.", self.markdown)
+    flow_sigma = report.fmt(self.sources[0]["log_p_drop"]["sigma"])
+    both = report.drop_label({r["family"]: r for r in self.sources[:2]})
+    self.assertIn(f"sigma_test {flow_sigma} (flow), 0.2 (wavenet)", both)
+    self.assertIn(f"sigma_test={flow_sigma} ", report.drop_label({"flow": self.sources[0]}))
+
+  def test_separation_tables_show_null_metrics_and_diverged_estimates(self):
+    names = self.sources[0]["source_names"]
+    text = section(self.markdown, "Separation: flow")
+    header, rows = table_after(text, "Metrics:")
+    self.assertEqual(header, ["source", "SI-SDR", "SI-SDRi", "mix SI-SDR (baseline)"])
+    self.assertEqual(rows, [[n, "n/a" if k == 0 else report.fmt(1.5 + k),
+                             report.fmt(7.25 + k), "-5.75"] for k, n in enumerate(names)])
+    self.assertIn("1 estimated source(s) hold NaN or inf", text)
+    self.assertNotIn("NaN or inf", section(self.markdown, "Separation: solo"))
+
+  def test_a_family_with_a_separation_only_gets_its_section(self):
+    text = section(self.markdown, "Separation: solo")
+    self.assertEqual(table_after(text, "Metrics:"),
+                     (["source", "SI-SDR", "SDR"], [["hum", "2.5", "3.25"]]))
+    self.assertIn("(separation_solo.png)", text)
+    self.assertIn("No diagnostics for solo (run --mode=diagnose)", self.markdown)
+    self.assertNotIn("## solo", self.markdown)
+
   def test_unreadable_separation_is_reported_not_fatal(self):
     self.assertIn("## Separation: wavenet", self.markdown)
     self.assertIn("could not be read", self.markdown)
 
   def test_bad_or_missing_diagnostics_are_clear_errors(self):
     with tempfile.TemporaryDirectory() as workdir:
-      with self.assertRaisesRegex(FileNotFoundError, "--mode=diagnose"):
+      with self.assertRaisesRegex(FileNotFoundError, "--mode=diagnose or --mode=separate"):
         report.run(None, workdir)
       os.makedirs(os.path.join(workdir, "diagnostics"))
       path = os.path.join(workdir, "diagnostics", "flow.json")
@@ -166,6 +274,18 @@ class ReportTest(absltest.TestCase):
         json.dump({"family": "flow"}, f)
       with self.assertRaisesRegex(ValueError, "flow.json lacks the fields"):
         report.run(None, workdir)
+
+
+  def test_separations_without_diagnostics_make_a_report(self):
+    with tempfile.TemporaryDirectory() as workdir:
+      directory = os.path.join(workdir, "separations", "flow")
+      separation.write_json(os.path.join(directory, "metrics.json"),
+                            {"source_names": ["sin"], "si_sdr": {"sin": 4.5}})
+      with open(report.run(None, workdir)) as f:
+        markdown = f.read()
+      self.assertIn("| sin | 4.5 |", section(markdown, "Separation: flow"))
+      self.assertIn("No diagnostics for flow", markdown)
+      self.assertFalse(os.path.exists(os.path.join(workdir, "report", "dilemma.png")))
 
 
 class LoadScalarsTest(absltest.TestCase):

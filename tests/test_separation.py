@@ -441,6 +441,41 @@ class RunTest(absltest.TestCase):
     with self.assertRaisesRegex(FileNotFoundError, "no file at"):
       separation.run(config, workdir, os.path.join(workdir, "missing.wav"))
 
+  def test_bad_input_fails_before_anything_is_loaded_or_written(self):
+    config = tiny_flow_config()
+    workdir = tempfile.mkdtemp()  # no checkpoints: a late check would fail on those first
+    with self.assertRaisesRegex(FileNotFoundError, "--input: no file at"):
+      separation.run(config, workdir, os.path.join(workdir, "typo.wav"))
+    config.separation.chunk_overlap = config.separation.mix_length
+    with self.assertRaisesRegex(ValueError, "chunk_overlap"):
+      separation.run(config, workdir, os.path.join(workdir, "typo.wav"))
+    config = tiny_flow_config()
+    config.separation.batch_size = 0
+    with self.assertRaisesRegex(ValueError, "config.separation.batch_size must be >= 1, got 0"):
+      separation.run(config, workdir)
+    self.assertEqual(os.listdir(workdir), [])
+
+  def test_diverged_estimates_give_strict_json_with_null_metrics(self):
+    config = tiny_flow_config()
+    config.separation.trace = False
+    sep, num_sources = config.separation, len(config.data.source_names)
+
+    def diverged(key, mix, references):
+      del key, references
+      sources = np.zeros((mix.shape[0], num_sources, mix.shape[1]), np.float32)
+      sources[:, 0] = np.nan
+      return sources, {}
+
+    out_dir = tempfile.mkdtemp()
+    summary = separation.separate_test_mixes(config, diverged, jax.random.key(0), out_dir)
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+      stored = json.load(f, parse_constant=lambda name: self.fail(f"{name} in metrics.json"))
+    self.assertEqual(stored["non_finite_estimates"], sep.num_mixes)
+    first, second = config.data.source_names[:2]
+    self.assertIsNone(stored["si_sdr"][first])
+    self.assertIsNotNone(stored["si_sdr"][second])
+    self.assertTrue(np.isnan(summary["si_sdr"][first]))
+
 
 if __name__ == "__main__":
   absltest.main()
