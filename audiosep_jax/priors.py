@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from audiosep_jax.models import flow
+from audiosep_jax.models import wavenet
 
 # A Python float: no JAX work at import (processes must join a distributed run first).
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -53,12 +54,13 @@ def flow_module(model_config):
   if model_config.kernel_size % 2 != 1:
     raise ValueError("config.model.kernel_size must be odd for the flow's centred WaveNets, "
                      f"got {model_config.kernel_size}.")
+  wavenet.check_residual_stream(model_config.residual_stream, "config.model.residual_stream")
   return flow.FloWaveNet(
       n_blocks=model_config.n_blocks, n_flows=model_config.n_flows,
       n_layers=model_config.n_layers, width=model_config.width,
       kernel_size=model_config.kernel_size, dilation_cycle=model_config.dilation_cycle,
       actnorm_eps=model_config.actnorm_eps, remat=model_config.remat,
-      residual_in_matmul=model_config.residual_in_matmul)
+      residual_stream=model_config.residual_stream)
 
 
 def build_flow(model_config):

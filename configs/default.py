@@ -52,10 +52,11 @@ def get_default_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.family = "flow"
-  # Both families: each WaveNet layer passes its residual stream through a width x width
-  # matmul (wavenet.ResidualLayer), which keeps XLA:CPU from recomputing the stream in
-  # every later layer (benchmarks/README.md); on GPUs and TPUs time both.
-  config.model.residual_in_matmul = True
+  # Both families: how each WaveNet layer forms its residual stream, 'add' | 'matmul' |
+  # 'divide' (wavenet.ResidualLayer; the same function). 'divide' keeps XLA:CPU from
+  # recomputing the stream in every later layer at no extra matmul (benchmarks/README.md);
+  # on GPUs and TPUs time the three.
+  config.model.residual_stream = "divide"
 
   config.training = ml_collections.ConfigDict()
   config.training.batch_size = 5

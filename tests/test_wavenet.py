@@ -32,18 +32,43 @@ def test_conv_params_initialise_as_nn_conv():
   np.testing.assert_array_equal(ours["bias"], theirs["bias"])
 
 
-@pytest.mark.parametrize("field", ["residual_in_matmul", "split_gate"])
+@pytest.mark.parametrize("layout", [{"residual_stream": "matmul"},
+                                    {"residual_stream": "divide"}, {"split_gate": True}])
 @pytest.mark.parametrize("causal,kernel_size", [(True, 2), (False, 3)])
-def test_layout_fields_keep_the_parameters_and_the_function(field, causal, kernel_size):
+def test_layout_fields_keep_the_parameters_and_the_function(layout, causal, kernel_size):
   x = jax.random.normal(jax.random.key(4), (2, 64, 1))
-  make = lambda on: wavenet.WaveNet(out_channels=3, width=8, n_layers=5,
-                                    kernel_size=kernel_size, dilation_cycle=3,
-                                    causal=causal, **{field: on})
-  params = make(False).init(jax.random.key(5), x)
-  assert jax.tree.map(jnp.shape, make(True).init(jax.random.key(5), x)) == jax.tree.map(
+  make = lambda **fields: wavenet.WaveNet(out_channels=3, width=8, n_layers=5,
+                                          kernel_size=kernel_size, dilation_cycle=3,
+                                          causal=causal, **fields)
+  plain, variant = make(), make(**layout)
+  params = plain.init(jax.random.key(5), x)
+  assert jax.tree.map(jnp.shape, variant.init(jax.random.key(5), x)) == jax.tree.map(
       jnp.shape, params)
-  np.testing.assert_allclose(make(True).apply(params, x), make(False).apply(params, x),
+  np.testing.assert_allclose(variant.apply(params, x), plain.apply(params, x),
                              rtol=1e-5, atol=1e-5)
-  input_grads = [jax.grad(lambda v: jnp.sum(jnp.sin(make(on).apply(params, v))))(x)
-                 for on in (True, False)]
+  input_grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(params, v))))(x)
+                 for m in (variant, plain)]
   np.testing.assert_allclose(*input_grads, rtol=1e-4, atol=1e-5)
+
+
+def test_divided_residual_stream_keeps_its_divisions_in_the_compiled_program():
+  """residual_stream='divide' works only while XLA cannot rewrite the division by sqrt(2)
+  into a multiplication, which it would fuse into every later layer: each layer whose
+  output is read divides, in the forward pass and in the backward pass."""
+  n_layers = 6
+  x = jnp.ones((1, 32, 1))
+
+  def compiled_divisions(residual_stream):
+    net = wavenet.WaveNet(out_channels=2, width=8, n_layers=n_layers, causal=True,
+                          residual_stream=residual_stream)
+    params = net.init(jax.random.key(0), x)
+    loss = lambda p: jnp.sum(jnp.sin(net.apply(p, x)))
+    return jax.jit(jax.grad(loss)).lower(params).compile().as_text().count(" divide(")
+
+  assert compiled_divisions("divide") - compiled_divisions("add") >= 2 * (n_layers - 1)
+
+
+def test_unknown_residual_stream_is_refused():
+  net = wavenet.WaveNet(out_channels=2, width=8, n_layers=2, residual_stream="concat")
+  with pytest.raises(ValueError, match="residual_stream must be one of"):
+    net.init(jax.random.key(0), jnp.ones((1, 8, 1)))

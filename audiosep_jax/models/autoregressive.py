@@ -199,7 +199,7 @@ class ARSettings(NamedTuple):
   num_bins: int
   quantization: str
   mu: float
-  residual_in_matmul: bool
+  residual_stream: str
   split_gate: bool
 
 
@@ -208,9 +208,10 @@ def settings_from_config(model_config):
       n_layers=int(model_config.n_layers), dilation_cycle=int(model_config.dilation_cycle),
       width=int(model_config.width), kernel_size=int(model_config.kernel_size),
       num_bins=int(model_config.num_bins), quantization=str(model_config.quantization),
-      mu=float(model_config.mu), residual_in_matmul=bool(model_config.residual_in_matmul),
+      mu=float(model_config.mu), residual_stream=str(model_config.residual_stream),
       split_gate=bool(model_config.split_gate))
   check_quantization(settings.num_bins, settings.quantization, settings.mu)
+  wavenet.check_residual_stream(settings.residual_stream, "config.model.residual_stream")
   for name in ("n_layers", "dilation_cycle", "width", "kernel_size"):
     if getattr(settings, name) < 1:
       raise ValueError(f"config.model.{name} must be >= 1, got {getattr(settings, name)}.")
@@ -223,7 +224,7 @@ def network(settings):
   return wavenet.WaveNet(
       out_channels=settings.num_bins, width=settings.width, n_layers=settings.n_layers,
       kernel_size=settings.kernel_size, dilation_cycle=settings.dilation_cycle, causal=True,
-      residual_in_matmul=settings.residual_in_matmul, split_gate=settings.split_gate)
+      residual_stream=settings.residual_stream, split_gate=settings.split_gate)
 
 
 def receptive_field(settings):

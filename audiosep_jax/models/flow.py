@@ -64,7 +64,7 @@ class AffineCoupling(nn.Module):
   n_layers: int
   kernel_size: int
   dilation_cycle: int
-  residual_in_matmul: bool = False  # See wavenet.ResidualLayer.
+  residual_stream: str = "add"  # See wavenet.ResidualLayer.
 
   @nn.compact
   def __call__(self, x, reverse=False):
@@ -72,7 +72,7 @@ class AffineCoupling(nn.Module):
     h = wavenet.WaveNet(out_channels=2 * a.shape[-1], width=self.width,
                         n_layers=self.n_layers, kernel_size=self.kernel_size,
                         dilation_cycle=self.dilation_cycle, causal=False,
-                        zero_init_head=True, residual_in_matmul=self.residual_in_matmul,
+                        zero_init_head=True, residual_stream=self.residual_stream,
                         name="wavenet")(a)
     log_s, shift = jnp.split(h, 2, axis=-1)
     logdet = -jnp.sum(log_s, axis=(1, 2))
@@ -88,13 +88,13 @@ class FlowStep(nn.Module):
   kernel_size: int
   dilation_cycle: int
   actnorm_eps: float
-  residual_in_matmul: bool = False
+  residual_stream: str = "add"
 
   @nn.compact
   def __call__(self, x, reverse=False):
     actnorm = ActNorm(self.actnorm_eps, name="actnorm")
     coupling = AffineCoupling(self.width, self.n_layers, self.kernel_size,
-                              self.dilation_cycle, self.residual_in_matmul, name="coupling")
+                              self.dilation_cycle, self.residual_stream, name="coupling")
     if reverse:
       x, logdet_c = coupling(flip(x), reverse=True)
       x, logdet_a = actnorm(x, reverse=True)
@@ -144,11 +144,11 @@ class FloWaveNet(nn.Module):
   dilation_cycle: int = 10
   actnorm_eps: float = 1e-6
   remat: bool = False
-  residual_in_matmul: bool = False  # See wavenet.ResidualLayer.
+  residual_stream: str = "add"  # See wavenet.ResidualLayer.
 
   def _steps(self):
     return [[FlowStep(self.width, self.n_layers, self.kernel_size, self.dilation_cycle,
-                      self.actnorm_eps, self.residual_in_matmul, name=f"block_{i}_flow_{j}")
+                      self.actnorm_eps, self.residual_stream, name=f"block_{i}_flow_{j}")
              for j in range(self.n_flows)] for i in range(self.n_blocks)]
 
   def _run_step(self, step, h, reverse):

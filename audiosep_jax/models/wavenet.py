@@ -18,6 +18,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# How ResidualLayer forms h_next = sqrt(0.5) (h + residual): the same function and params
+# each way, different programs for the compiler (ResidualLayer's docstring).
+RESIDUAL_STREAMS = ("add", "matmul", "divide")
+
+
+def check_residual_stream(value, name="residual_stream"):
+  """Raises a ValueError naming `name` unless value is one of RESIDUAL_STREAMS."""
+  if value not in RESIDUAL_STREAMS:
+    raise ValueError(f"{name} must be one of {RESIDUAL_STREAMS}, got {value!r}.")
+
 
 def dilations(n_layers, dilation_cycle):
   """Dilation of each layer: 1, 2, 4, ..., restarting every `dilation_cycle` layers."""
@@ -81,11 +91,16 @@ class ResidualLayer(nn.Module):
   (benchmarks/README.md); and the compiler drops the last layer's residual branch, whose
   output nothing reads.
 
-  residual_in_matmul=True passes the residual stream through a matmul too, h_next =
-  h @ (scale I) + z @ (scale W_res) + scale b_res (the same function, a width x width
-  matmul more): its output is materialised, where XLA:CPU would otherwise re-fuse the
-  elementwise chain h <- (h + residual) * sqrt(0.5) into every later layer, work
-  quadratic in the depth (benchmarks/README.md).
+  residual_stream picks how h_next = sqrt(0.5) (h + residual) is computed; all three are
+  the same function of the same params. XLA:CPU fuses a cheap elementwise producer into
+  each of its consumers, so the plain chain of additions is recomputed inside every later
+  layer, work quadratic in the depth (benchmarks/README.md). 'add': h sqrt(0.5) +
+  residual, as written. 'matmul': h @ (sqrt(0.5) I) + residual, a width x width matmul
+  more, whose output XLA materialises. 'divide': (h + z @ W_res + b_res) / sqrt(2), with
+  sqrt(2) behind `lax.optimization_barrier` so that the compiler cannot turn the division
+  into a multiplication; XLA counts a floating-point division as expensive and
+  materialises it rather than duplicating it into its consumers, the backward pass
+  (cotangent / sqrt(2)) too. 'divide' is the fastest on a CPU.
 
   split_gate=True computes the tanh and the sigmoid inputs as two matmuls against the two
   halves of the dilated kernel (the same parameters and function): the backward pass then
@@ -97,11 +112,12 @@ class ResidualLayer(nn.Module):
   kernel_size: int
   dilation: int
   causal: bool
-  residual_in_matmul: bool = False
+  residual_stream: str = "add"
   split_gate: bool = False
 
   @nn.compact
   def __call__(self, h):
+    check_residual_stream(self.residual_stream)
     span = self.dilation * (self.kernel_size - 1)
     if self.causal:
       padding = (span, 0)
@@ -118,10 +134,13 @@ class ResidualLayer(nn.Module):
     z = gate(filt, gate_in)
     res_kernel, res_bias = ConvParams(self.width, self.width, name="residual")()
     skip_kernel, skip_bias = ConvParams(self.width, self.width, name="skip")()
+    skip = conv1d(z, skip_kernel, skip_bias)
+    if self.residual_stream == "divide":
+      sqrt_two = jax.lax.optimization_barrier(jnp.asarray(math.sqrt(2.0), h.dtype))
+      return (h + conv1d(z, res_kernel, res_bias)) / sqrt_two, skip
     scale = math.sqrt(0.5)
     residual = conv1d(z, scale * res_kernel, scale * res_bias)
-    skip = conv1d(z, skip_kernel, skip_bias)
-    if self.residual_in_matmul:
+    if self.residual_stream == "matmul":
       return h @ (scale * jnp.eye(self.width, dtype=h.dtype)) + residual, skip
     return h * scale + residual, skip
 
@@ -140,7 +159,7 @@ class WaveNet(nn.Module):
   dilation_cycle: int = 10
   causal: bool = False
   zero_init_head: bool = False
-  residual_in_matmul: bool = False  # See ResidualLayer (config.model.residual_in_matmul).
+  residual_stream: str = "add"  # See ResidualLayer (config.model.residual_stream).
   split_gate: bool = False  # See ResidualLayer (config.model.split_gate, WaveNet prior).
 
   @nn.compact
@@ -149,7 +168,7 @@ class WaveNet(nn.Module):
     skip_sum = jnp.zeros_like(h)
     for i, dilation in enumerate(dilations(self.n_layers, self.dilation_cycle)):
       h, skip = ResidualLayer(self.width, self.kernel_size, dilation, self.causal,
-                              self.residual_in_matmul, self.split_gate, name=f"layer_{i}")(h)
+                              self.residual_stream, self.split_gate, name=f"layer_{i}")(h)
       skip_sum = skip_sum + skip
     out = nn.relu(skip_sum)
     out = nn.relu(conv1d(out, *ConvParams(self.width, self.width, name="head_hidden")()))
