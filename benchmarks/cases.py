@@ -1,7 +1,8 @@
-"""The work that the benchmarks compare: the cases, their configs, PyTorch's runners.
+"""The work that the benchmarks compare: the cases, their configs, JAX's and PyTorch's
+runners.
 
-Shared by `compare_torch.py` and `blas_weight_grad.py` (no flags here, so both can import
-it).
+Shared by `compare_torch.py`, `blas_weight_grad.py` and `residual_stream.py` (no flags
+here, so each can import it).
 """
 import statistics
 import time
@@ -124,3 +125,42 @@ def torch_runners(case, config, batch_np, host_params, sigma):
       call(batch)
     runners[f"torch_{threads}t"] = run
   return runners
+
+
+JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
+
+
+def jax_runners(case, config, batch_np, sigma, layout):
+  """{name: one call of the JAX work}, compile seconds per name, and the JAX params
+  [K, ...] on the host. layout 'one_device': 'jax_map' with the priors one after another
+  and 'jax_vmap' with them vmapped (training.prior_loop for a train step,
+  separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', one prior per
+  CPU device (training.prior_devices=K; `main` asks for K devices). All with the case's
+  microbatches (`jax_steps`)."""
+  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
+
+  prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
+  num_sources = batch_np.shape[1]
+
+  def with_loop(prior_loop):
+    looped = config.copy_and_resolve_references()
+    looped.training.prior_loop = looped.separation.prior_loop = prior_loop
+    return looped
+
+  if case.kind == "train":
+    make = lambda c, devices: jax_steps.train_step(c, prior, optimizer, host_state,
+                                                   batch_np, devices)
+  else:
+    make = lambda c, devices: jax_steps.score(c, prior, host_state.params, batch_np, sigma,
+                                              devices)
+  if layout == "one_device":
+    builders = {"jax_map": lambda: make(with_loop("map"), 1),
+                "jax_vmap": lambda: make(with_loop("vmap"), 1)}
+  else:
+    builders = {"jax_prior_sharded": lambda: make(config, num_sources)}
+  runners, compile_s = {}, {}
+  for name, build in builders.items():
+    start = time.perf_counter()
+    runners[name], _ = build()
+    compile_s[name] = time.perf_counter() - start
+  return runners, compile_s, host_state.params

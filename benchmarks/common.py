@@ -20,18 +20,31 @@ def num_cores():
   return len(os.sched_getaffinity(0))
 
 
-def cpu_model():
-  """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
+def _cpuinfo_field(name):
+  """The first value of field `name` in /proc/cpuinfo ('' where there is none)."""
   with open("/proc/cpuinfo") as f:
     for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
+      key, _, value = line.partition(":")
+      if key.strip() == name:
+        return value.strip()
   return ""
 
 
+def cpu_model():
+  """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
+  return _cpuinfo_field("model name")
+
+
+def cpu_family_model():
+  """'family F model M' from /proc/cpuinfo: which generation a bare model name such as
+  'AMD EPYC' is (family 25 model 17: Zen 4)."""
+  return f"family {_cpuinfo_field('cpu family')} model {_cpuinfo_field('model')}"
+
+
 def machine_info():
-  """{'cpu', 'cores', 'xla_flags', 'ld_preload'}: what a CPU timing depends on."""
-  return {"cpu": cpu_model(), "cores": num_cores(),
+  """{'cpu', 'cpu_family_model', 'cores', 'xla_flags', 'ld_preload'}: what a CPU timing
+  depends on."""
+  return {"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "cores": num_cores(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "ld_preload": os.environ.get("LD_PRELOAD", "")}
 

@@ -41,7 +41,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -74,45 +73,6 @@ _CHILD_LAYOUT = flags.DEFINE_enum("child_layout", "one_device", LAYOUTS,
                                   "Internal: the JAX runs of the child.")
 
 
-JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
-
-
-def jax_runners(case, config, batch_np, sigma, layout):
-  """{name: one call of the JAX work}, compile seconds per name, and the JAX params
-  [K, ...] on the host. layout 'one_device': 'jax_map' with the priors one after another
-  and 'jax_vmap' with them vmapped (training.prior_loop for a train step,
-  separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', one prior per
-  CPU device (training.prior_devices=K; `main` asks for K devices). All with the case's
-  microbatches (`jax_steps`)."""
-  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
-
-  prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
-  num_sources = batch_np.shape[1]
-
-  def with_loop(prior_loop):
-    looped = config.copy_and_resolve_references()
-    looped.training.prior_loop = looped.separation.prior_loop = prior_loop
-    return looped
-
-  if case.kind == "train":
-    make = lambda c, devices: jax_steps.train_step(c, prior, optimizer, host_state,
-                                                   batch_np, devices)
-  else:
-    make = lambda c, devices: jax_steps.score(c, prior, host_state.params, batch_np, sigma,
-                                              devices)
-  if layout == "one_device":
-    builders = {"jax_map": lambda: make(with_loop("map"), 1),
-                "jax_vmap": lambda: make(with_loop("vmap"), 1)}
-  else:
-    builders = {"jax_prior_sharded": lambda: make(config, num_sources)}
-  runners, compile_s = {}, {}
-  for name, build in builders.items():
-    start = time.perf_counter()
-    runners[name], _ = build()
-    compile_s[name] = time.perf_counter() - start
-  return runners, compile_s, host_state.params
-
-
 def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
   """Times one case's runs of `layout` (and PyTorch's, `with_torch`) in this process:
   {'<runner>_s': median seconds per call, '<jax runner>_samples_per_s', 'jax_device', ...}.
@@ -123,7 +83,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
   num_sources = len(config.data.source_names)
   batch_np = cases.sample_batch(case, config)
   sigma = score_sigma if case.family == "wavenet" else 0.0
-  runners, compile_s, host_params = jax_runners(case, config, batch_np, sigma, layout)
+  runners, compile_s, host_params = cases.jax_runners(case, config, batch_np, sigma, layout)
   if with_torch:
     runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
   times = cases.time_alternately(runners, rounds, min_measure_s)
@@ -132,7 +92,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
             "threads": common.num_cores(), "jax_device": jax.devices()[0].device_kind,
             "jax_compile_s": compile_s, "samples_per_call": samples_per_call}
   result.update(cases.medians(times))
-  for jax_name in JAX_RUNNERS:
+  for jax_name in cases.JAX_RUNNERS:
     if jax_name in times:
       result[f"{jax_name}_samples_per_s"] = samples_per_call / result[f"{jax_name}_s"]
   torch_names = [k for k in times if k.startswith("torch_")]
@@ -140,7 +100,7 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
     best = min(torch_names, key=lambda k: result[f"{k}_s"])
     result["torch_best"] = best
     result["torch_s"] = result[f"{best}_s"]
-    for jax_name in JAX_RUNNERS:
+    for jax_name in cases.JAX_RUNNERS:
       if jax_name in times:
         result[f"torch_over_{jax_name}"] = result["torch_s"] / result[f"{jax_name}_s"]
   return result
@@ -223,12 +183,12 @@ def merge_sharded(result, sharded):
 
 def summary_line(result):
   parts = [f"{result['case']:22s}"]
-  for key in (*JAX_RUNNERS, "torch", "sharded_torch"):
+  for key in (*cases.JAX_RUNNERS, "torch", "sharded_torch"):
     if f"{key}_s" in result:
       parts.append(f"{key} {result[f'{key}_s']:.3f} s")
   if "torch_best" in result:
     parts.append(f"(torch best: {result['torch_best']})")
-  for key in JAX_RUNNERS:
+  for key in cases.JAX_RUNNERS:
     if f"torch_over_{key}" in result:
       parts.append(f"torch/{key} {result[f'torch_over_{key}']:.2f}")
     elif f"{key}_samples_per_s" in result:
