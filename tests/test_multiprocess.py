@@ -69,7 +69,6 @@ def process_env(num_devices, coordinator=None, num_processes=1, process_id=0):
   env = {k: v for k, v in os.environ.items()
          if k not in LAUNCH_VARIABLES and not k.startswith("SLURM_")}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices),
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1",
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
   if num_processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=str(num_processes),
