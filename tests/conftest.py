@@ -2,8 +2,9 @@
 persistent compilation cache so that the same train step compiled by several tests (and
 by their subprocesses, through the environment) compiles once per test session, and no
 LLVM optimisation of the compiled code: the suite's time is mostly XLA:CPU compiling tiny
-programs, which jax_disable_most_optimizations makes 3-5x faster (XLA's HLO passes, whose
-results some tests check, still run)."""
+programs, which jax_disable_most_optimizations shortens (the suite from a cold cache on 2
+cores: 696 s without it, 495 s with it; XLA's HLO passes, whose results some tests check,
+still run)."""
 import os
 import sys
 
