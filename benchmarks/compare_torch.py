@@ -1,7 +1,7 @@
 """JAX against PyTorch eager, timed alternately in one run: train steps and Langevin scores.
 
   python benchmarks/compare_torch.py [--cases=flow_paper_train,...] [--rounds=7] \
-      [--out=benchmarks/results/compare_torch.json]
+      [--processes=1] [--out=benchmarks/results/compare_torch.json]
 
 Cases (`cases.CASES`): one training step (forward, backward, gradient clipping, Adam) of the
 K = 4 toy priors, and the Langevin inner step's model work, the sum of log p over all
@@ -22,7 +22,10 @@ same update; the torch reference keeps every activation). PyTorch: `torch_refere
 Every case runs in fresh subprocesses (no state carried between cases), one per layout:
 the one-device runs ('map', 'vmap') in a process with one CPU device, the prior-sharded
 run in a process with K CPU devices (a process that asks for more CPU devices runs its
-one-device programs slower, benchmarks/README.md). Each process times PyTorch as well:
+one-device programs slower, benchmarks/README.md); `--processes=N` runs N such processes
+per case and layout, one after another, and reports the median over them of each time and
+of each process's own ratio (`combine_processes`): on a shared host the same program's
+median can differ by 30% from one process to the next (benchmarks/README.md). Each process times PyTorch as well:
 warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that time one
 measurement of each runner, alternating which goes first; a measurement repeats the call
 until it lasts `--min_measure_s` and reports the time per call. Reported: the median per
@@ -38,6 +41,7 @@ time): timings taken on a busy machine are not comparable.
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,10 @@ _PRIOR_SHARDED = flags.DEFINE_bool(
 _TORCH = flags.DEFINE_bool(
     "torch", True, "Also time the PyTorch reference (on the CPU); --notorch on a GPU host, "
     "for JAX's absolute times alone.")
+_PROCESSES = flags.DEFINE_integer(
+    "processes", 1,
+    "Fresh processes per case and layout, one after another: each reported time and ratio "
+    "is the median over them (a process pairs its own PyTorch and JAX times).")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results (default: print only).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run this one case and write JSON.")
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
@@ -153,17 +161,61 @@ def main(argv):
     raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(cases.CASES)}.")
   child_flags = [f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
                  f"--score_sigma={_SCORE_SIGMA.value}", f"--torch={_TORCH.value}"]
+  if _PROCESSES.value < 1:
+    raise ValueError(f"--processes must be at least 1, got {_PROCESSES.value}.")
   results = []
   for name in names:
-    result = run_in_subprocess(name, child_flags)
+    result = combine_processes(
+        [run_in_subprocess(name, child_flags) for _ in range(_PROCESSES.value)])
     if _PRIOR_SHARDED.value:
-      sharded = run_in_subprocess(name, [*child_flags, "--child_layout=prior_sharded"])
+      sharded = combine_processes(
+          [run_in_subprocess(name, [*child_flags, "--child_layout=prior_sharded"])
+           for _ in range(_PROCESSES.value)])
       result = merge_sharded(result, sharded)
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
       common.write_json(_OUT.value, {"machine": cases.machine_info(_TORCH.value),
                                      "results": results})
+
+
+def combine_processes(results):
+  """One case's results of one layout from several processes -> one result, or the only
+  one as it is.
+
+  Each runner's '<runner>_s' is the median over the processes of their medians, and
+  '<runner>_all_s' every process's rounds in order (plot_ratios.py pairs them by round).
+  The PyTorch runner with the lowest such median is 'torch_best' for every process, and
+  'torch_over_<jax>' is the median of the processes' own ratios, each process's PyTorch
+  time over its JAX time, with every process's ratio in 'torch_over_<jax>_per_process'.
+  """
+  if len(results) == 1:
+    return results[0]
+  runners = [k[:-len("_all_s")] for k in results[0] if k.endswith("_all_s")]
+  combined = {k: v for k, v in results[0].items()
+              if not k.startswith(tuple(runners)) and not k.startswith("torch_over_")}
+  combined["processes"] = len(results)
+  for runner in runners:
+    combined[f"{runner}_s"] = statistics.median(r[f"{runner}_s"] for r in results)
+    combined[f"{runner}_all_s"] = [t for r in results for t in r[f"{runner}_all_s"]]
+  combined["jax_compile_s"] = {
+      name: statistics.median(r["jax_compile_s"][name] for r in results)
+      for name in results[0]["jax_compile_s"]}
+  combined["others_busy_fraction"] = max(r["others_busy_fraction"] for r in results)
+  jax_names = [n for n in cases.JAX_RUNNERS if n in runners]
+  for jax_name in jax_names:
+    combined[f"{jax_name}_samples_per_s"] = (combined["samples_per_call"]
+                                             / combined[f"{jax_name}_s"])
+  torch_names = [n for n in runners if n.startswith("torch_")]
+  if torch_names:
+    best = min(torch_names, key=lambda n: combined[f"{n}_s"])
+    combined["torch_best"] = best
+    combined["torch_s"] = combined[f"{best}_s"]
+    for jax_name in jax_names:
+      ratios = [r[f"{best}_s"] / r[f"{jax_name}_s"] for r in results]
+      combined[f"torch_over_{jax_name}"] = statistics.median(ratios)
+      combined[f"torch_over_{jax_name}_per_process"] = ratios
+  return combined
 
 
 def merge_sharded(result, sharded):
@@ -190,7 +242,12 @@ def summary_line(result):
     parts.append(f"(torch best: {result['torch_best']})")
   for key in cases.JAX_RUNNERS:
     if f"torch_over_{key}" in result:
-      parts.append(f"torch/{key} {result[f'torch_over_{key}']:.2f}")
+      part = f"torch/{key} {result[f'torch_over_{key}']:.2f}"
+      per_process = result.get(f"torch_over_{key}_per_process")
+      if per_process:
+        part += (f" ({min(per_process):.2f}-{max(per_process):.2f} over "
+                 f"{len(per_process)} processes)")
+      parts.append(part)
     elif f"{key}_samples_per_s" in result:
       parts.append(f"{key} {result[f'{key}_samples_per_s']:.0f} samples/s")
   parts.append(f"others busy {100 * result['others_busy_fraction']:.0f}%")
