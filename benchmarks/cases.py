@@ -2,7 +2,7 @@
 runners.
 
 Shared by `compare_torch.py`, `blas_weight_grad.py` and `residual_stream.py` (no flags
-here, so each can import it).
+here, so each can import it, and so can the tests).
 """
 import statistics
 import time
@@ -128,6 +128,45 @@ def torch_runners(case, config, batch_np, host_params, sigma):
 
 
 JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
+
+
+def combine_processes(results):
+  """One case's results of one layout from several processes -> one result, or the only
+  one as it is.
+
+  Each runner's '<runner>_s' is the median over the processes of their medians, and
+  '<runner>_all_s' every process's rounds in order (plot_ratios.py pairs them by round).
+  The PyTorch runner with the lowest such median is 'torch_best' for every process, and
+  'torch_over_<jax>' is the median of the processes' own ratios, each process's PyTorch
+  time over its JAX time, with every process's ratio in 'torch_over_<jax>_per_process'.
+  """
+  if len(results) == 1:
+    return results[0]
+  runners = [k[:-len("_all_s")] for k in results[0] if k.endswith("_all_s")]
+  combined = {k: v for k, v in results[0].items()
+              if not k.startswith(tuple(runners)) and not k.startswith("torch_over_")}
+  combined["processes"] = len(results)
+  for runner in runners:
+    combined[f"{runner}_s"] = statistics.median(r[f"{runner}_s"] for r in results)
+    combined[f"{runner}_all_s"] = [t for r in results for t in r[f"{runner}_all_s"]]
+  combined["jax_compile_s"] = {
+      name: statistics.median(r["jax_compile_s"][name] for r in results)
+      for name in results[0]["jax_compile_s"]}
+  combined["others_busy_fraction"] = max(r["others_busy_fraction"] for r in results)
+  jax_names = [n for n in JAX_RUNNERS if n in runners]
+  for jax_name in jax_names:
+    combined[f"{jax_name}_samples_per_s"] = (combined["samples_per_call"]
+                                             / combined[f"{jax_name}_s"])
+  torch_names = [n for n in runners if n.startswith("torch_")]
+  if torch_names:
+    best = min(torch_names, key=lambda n: combined[f"{n}_s"])
+    combined["torch_best"] = best
+    combined["torch_s"] = combined[f"{best}_s"]
+    for jax_name in jax_names:
+      ratios = [r[f"{best}_s"] / r[f"{jax_name}_s"] for r in results]
+      combined[f"torch_over_{jax_name}"] = statistics.median(ratios)
+      combined[f"torch_over_{jax_name}_per_process"] = ratios
+  return combined
 
 
 def jax_runners(case, config, batch_np, sigma, layout):

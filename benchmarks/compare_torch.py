@@ -24,7 +24,7 @@ the one-device runs ('map', 'vmap') in a process with one CPU device, the prior-
 run in a process with K CPU devices (a process that asks for more CPU devices runs its
 one-device programs slower, benchmarks/README.md); `--processes=N` runs N such processes
 per case and layout, one after another, and reports the median over them of each time and
-of each process's own ratio (`combine_processes`): on a shared host the same program's
+of each process's own ratio (`cases.combine_processes`): on a shared host the same program's
 median can differ by 30% from one process to the next (benchmarks/README.md). Each process times PyTorch as well:
 warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that time one
 measurement of each runner, alternating which goes first; a measurement repeats the call
@@ -41,7 +41,6 @@ time): timings taken on a busy machine are not comparable.
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,10 +164,10 @@ def main(argv):
     raise ValueError(f"--processes must be at least 1, got {_PROCESSES.value}.")
   results = []
   for name in names:
-    result = combine_processes(
+    result = cases.combine_processes(
         [run_in_subprocess(name, child_flags) for _ in range(_PROCESSES.value)])
     if _PRIOR_SHARDED.value:
-      sharded = combine_processes(
+      sharded = cases.combine_processes(
           [run_in_subprocess(name, [*child_flags, "--child_layout=prior_sharded"])
            for _ in range(_PROCESSES.value)])
       result = merge_sharded(result, sharded)
@@ -177,45 +176,6 @@ def main(argv):
     if _OUT.value:
       common.write_json(_OUT.value, {"machine": cases.machine_info(_TORCH.value),
                                      "results": results})
-
-
-def combine_processes(results):
-  """One case's results of one layout from several processes -> one result, or the only
-  one as it is.
-
-  Each runner's '<runner>_s' is the median over the processes of their medians, and
-  '<runner>_all_s' every process's rounds in order (plot_ratios.py pairs them by round).
-  The PyTorch runner with the lowest such median is 'torch_best' for every process, and
-  'torch_over_<jax>' is the median of the processes' own ratios, each process's PyTorch
-  time over its JAX time, with every process's ratio in 'torch_over_<jax>_per_process'.
-  """
-  if len(results) == 1:
-    return results[0]
-  runners = [k[:-len("_all_s")] for k in results[0] if k.endswith("_all_s")]
-  combined = {k: v for k, v in results[0].items()
-              if not k.startswith(tuple(runners)) and not k.startswith("torch_over_")}
-  combined["processes"] = len(results)
-  for runner in runners:
-    combined[f"{runner}_s"] = statistics.median(r[f"{runner}_s"] for r in results)
-    combined[f"{runner}_all_s"] = [t for r in results for t in r[f"{runner}_all_s"]]
-  combined["jax_compile_s"] = {
-      name: statistics.median(r["jax_compile_s"][name] for r in results)
-      for name in results[0]["jax_compile_s"]}
-  combined["others_busy_fraction"] = max(r["others_busy_fraction"] for r in results)
-  jax_names = [n for n in cases.JAX_RUNNERS if n in runners]
-  for jax_name in jax_names:
-    combined[f"{jax_name}_samples_per_s"] = (combined["samples_per_call"]
-                                             / combined[f"{jax_name}_s"])
-  torch_names = [n for n in runners if n.startswith("torch_")]
-  if torch_names:
-    best = min(torch_names, key=lambda n: combined[f"{n}_s"])
-    combined["torch_best"] = best
-    combined["torch_s"] = combined[f"{best}_s"]
-    for jax_name in jax_names:
-      ratios = [r[f"{best}_s"] / r[f"{jax_name}_s"] for r in results]
-      combined[f"torch_over_{jax_name}"] = statistics.median(ratios)
-      combined[f"torch_over_{jax_name}_per_process"] = ratios
-  return combined
 
 
 def merge_sharded(result, sharded):

@@ -1,7 +1,9 @@
-"""benchmarks/compare_torch.py combines the results of one case from several processes."""
+"""benchmarks/cases.py combines compare_torch.py's results of one case from several
+processes (imported from cases: compare_torch defines absl flags that other benchmark
+modules define too)."""
 import pytest
 
-from benchmarks import compare_torch
+from benchmarks import cases
 
 
 def process_result(jax_map, torch_1t, torch_2t, busy=0.0, compile_s=10.0):
@@ -21,7 +23,7 @@ def process_result(jax_map, torch_1t, torch_2t, busy=0.0, compile_s=10.0):
 
 def test_one_process_is_returned_as_it_is():
   result = process_result([1.0, 2.0, 3.0], [5.0] * 3, [4.0] * 3)
-  assert compare_torch.combine_processes([result]) is result
+  assert cases.combine_processes([result]) is result
 
 
 def test_ratio_is_the_median_of_each_process_own_ratio():
@@ -30,7 +32,7 @@ def test_ratio_is_the_median_of_each_process_own_ratio():
   results = [process_result([1.0], [9.0], [2.0], busy=0.1, compile_s=8.0),
              process_result([2.0], [9.0], [2.0], busy=0.3, compile_s=12.0),
              process_result([4.0], [20.0], [12.0], busy=0.2, compile_s=10.0)]
-  combined = compare_torch.combine_processes(results)
+  combined = cases.combine_processes(results)
   assert combined["processes"] == 3
   assert combined["jax_map_s"] == 2.0
   assert combined["torch_2t_s"] == 2.0
@@ -50,8 +52,6 @@ def test_torch_best_is_chosen_over_all_processes():
   # torch_1t wins the first process, torch_2t the median over all three.
   results = [process_result([1.0], [1.5], [2.0]), process_result([1.0], [9.0], [3.0]),
              process_result([1.0], [9.0], [2.5])]
-  combined = compare_torch.combine_processes(results)
+  combined = cases.combine_processes(results)
   assert combined["torch_best"] == "torch_2t"
   assert combined["torch_over_jax_map_per_process"] == [2.0, 3.0, 2.5]
-  summary = compare_torch.summary_line(combined)
-  assert "torch/jax_map 2.50 (2.00-3.00 over 3 processes)" in summary
