@@ -130,6 +130,22 @@ def torch_runners(case, config, batch_np, host_params, sigma):
 JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
 
 
+def add_rates_and_fastest_torch(result, runners):
+  """Adds to `result` (with 'samples_per_call' and '<runner>_s' of runners) each JAX
+  runner's '<jax>_samples_per_s' and, where PyTorch ran, 'torch_best' (its runner with the
+  lowest '_s') and 'torch_s'. Returns (the JAX runners, torch_best or None)."""
+  jax_names = [n for n in JAX_RUNNERS if n in runners]
+  for jax_name in jax_names:
+    result[f"{jax_name}_samples_per_s"] = result["samples_per_call"] / result[f"{jax_name}_s"]
+  torch_names = [n for n in runners if n.startswith("torch_")]
+  if not torch_names:
+    return jax_names, None
+  best = min(torch_names, key=lambda n: result[f"{n}_s"])
+  result["torch_best"] = best
+  result["torch_s"] = result[f"{best}_s"]
+  return jax_names, best
+
+
 def combine_processes(results):
   """One case's results of one layout from several processes -> one result, or the only
   one as it is.
@@ -153,15 +169,8 @@ def combine_processes(results):
       name: statistics.median(r["jax_compile_s"][name] for r in results)
       for name in results[0]["jax_compile_s"]}
   combined["others_busy_fraction"] = max(r["others_busy_fraction"] for r in results)
-  jax_names = [n for n in JAX_RUNNERS if n in runners]
-  for jax_name in jax_names:
-    combined[f"{jax_name}_samples_per_s"] = (combined["samples_per_call"]
-                                             / combined[f"{jax_name}_s"])
-  torch_names = [n for n in runners if n.startswith("torch_")]
-  if torch_names:
-    best = min(torch_names, key=lambda n: combined[f"{n}_s"])
-    combined["torch_best"] = best
-    combined["torch_s"] = combined[f"{best}_s"]
+  jax_names, best = add_rates_and_fastest_torch(combined, runners)
+  if best:
     for jax_name in jax_names:
       ratios = [r[f"{best}_s"] / r[f"{jax_name}_s"] for r in results]
       combined[f"torch_over_{jax_name}"] = statistics.median(ratios)

@@ -24,9 +24,9 @@ the one-device runs ('map', 'vmap') in a process with one CPU device, the prior-
 run in a process with K CPU devices (a process that asks for more CPU devices runs its
 one-device programs slower, benchmarks/README.md); `--processes=N` runs N such processes
 per case and layout, one after another, and reports the median over them of each time and
-of each process's own ratio (`cases.combine_processes`): on a shared host the same program's
-median can differ by 30% from one process to the next (benchmarks/README.md). Each process times PyTorch as well:
-warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that time one
+of each process's own ratio (`cases.combine_processes`): on a shared host the same
+program's median can differ by 30% from one process to the next (benchmarks/README.md).
+Each process times PyTorch as well: warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that time one
 measurement of each runner, alternating which goes first; a measurement repeats the call
 until it lasts `--min_measure_s` and reports the time per call. Reported: the median per
 call of each runner, and the ratio torch / jax (> 1: JAX is faster) against the PyTorch
@@ -99,17 +99,10 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
             "threads": common.num_cores(), "jax_device": jax.devices()[0].device_kind,
             "jax_compile_s": compile_s, "samples_per_call": samples_per_call}
   result.update(cases.medians(times))
-  for jax_name in cases.JAX_RUNNERS:
-    if jax_name in times:
-      result[f"{jax_name}_samples_per_s"] = samples_per_call / result[f"{jax_name}_s"]
-  torch_names = [k for k in times if k.startswith("torch_")]
-  if torch_names:
-    best = min(torch_names, key=lambda k: result[f"{k}_s"])
-    result["torch_best"] = best
-    result["torch_s"] = result[f"{best}_s"]
-    for jax_name in cases.JAX_RUNNERS:
-      if jax_name in times:
-        result[f"torch_over_{jax_name}"] = result["torch_s"] / result[f"{jax_name}_s"]
+  jax_names, torch_best = cases.add_rates_and_fastest_torch(result, list(times))
+  if torch_best:
+    for jax_name in jax_names:
+      result[f"torch_over_{jax_name}"] = result["torch_s"] / result[f"{jax_name}_s"]
   return result
 
 
