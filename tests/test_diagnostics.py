@@ -11,15 +11,16 @@ import numpy as np
 import soundfile
 from absl.testing import absltest
 
+import tiny
+
 from audiosep_jax import diagnostics
 from audiosep_jax import priors
 from audiosep_jax import train
-from configs import toy_flow
 from configs import toy_wavenet
 
 
 def tiny_config():
-  config = toy_flow.get_config("test")
+  config = tiny.flow_config()
   config.finetune.sigmas = (0.1,)
   config.diagnostics.num_examples = 4
   config.diagnostics.length = 64

@@ -19,6 +19,7 @@ import numpy as np
 from absl.testing import absltest
 
 import multiprocess_worker
+import tiny
 from audiosep_jax import distributed
 from audiosep_jax import priors
 from audiosep_jax import train
@@ -34,6 +35,7 @@ NUM_STEPS = 3
 # in-process collectives (1 process). eps = 1e-3 keeps each update a smooth function of
 # the gradient, so the comparison below sees float32 roundoff (measured: 5e-7), not signs.
 TRAIN_OVERRIDES = {
+    **tiny.FLOW_OVERRIDES,
     "training.num_steps": NUM_STEPS,
     "training.log_every": NUM_STEPS,
     "training.eval_every": NUM_STEPS,
@@ -58,11 +60,7 @@ def free_port():
 
 
 def train_config():
-  config = toy_flow.get_config("test")
-  for field, value in TRAIN_OVERRIDES.items():
-    group, name = field.split(".")
-    config[group][name] = value
-  return config
+  return tiny.apply_overrides(toy_flow.get_config("test"), TRAIN_OVERRIDES)
 
 
 def process_env(num_devices, coordinator=None, num_processes=1, process_id=0):

@@ -11,6 +11,7 @@ import soundfile
 from absl.testing import absltest
 
 import four_devices
+import tiny
 
 from audiosep_jax import metrics
 from audiosep_jax import priors
@@ -19,7 +20,6 @@ from audiosep_jax import train
 from audiosep_jax.data import pipeline
 from audiosep_jax.data import toy
 from configs import default
-from configs import toy_flow
 
 
 def ar1_covariance(std, rho, length):
@@ -230,15 +230,6 @@ class SamplerTest(absltest.TestCase):
                           self.config)
 
 
-def tiny_flow_config():
-  """configs/toy_flow.py:test with a one-layer flow: seconds to compile."""
-  config = toy_flow.get_config("test")
-  config.model.n_blocks = 1
-  config.model.n_flows = 1
-  config.model.n_layers = 1
-  return config
-
-
 class MapPriorsTest(absltest.TestCase):
 
   def test_every_layout_matches_vmap(self):
@@ -262,7 +253,7 @@ class MapPriorsTest(absltest.TestCase):
 class FlowScoreTest(absltest.TestCase):
 
   def test_score_is_the_gradient_of_the_level_prior_and_both_drivers_agree(self):
-    config = tiny_flow_config()
+    config = tiny.flow_config()
     prior = priors.build(config.model)
     x = toy.sample_sources(jax.random.key(0), 2, 64, config.data)
     init = jax.jit(lambda key, batch: priors.stack_init(prior, key, batch))
@@ -301,12 +292,13 @@ class FlowScoreTest(absltest.TestCase):
 MESH_SCRIPT = r"""
 import sys
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
 import jax, jax.numpy as jnp, numpy as np
 from audiosep_jax import priors, separation, train
 from audiosep_jax.data import toy
-from configs import toy_flow
+import tiny
 assert len(jax.devices()) == 4, jax.devices()
-config = toy_flow.get_config("test")
+config = tiny.flow_config()
 config.separation.steps_per_level = 3
 prior = priors.build(config.model)
 x = toy.sample_sources(jax.random.key(0), 4, 128, config.data)
@@ -334,8 +326,9 @@ for mesh_shape, (sources, trace) in zip(meshes[1:], outputs[1:]):
 class MeshTest(absltest.TestCase):
 
   def test_one_device_equals_prior_and_data_sharded_meshes(self):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = four_devices.run_script(MESH_SCRIPT.format(root=root))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = four_devices.run_script(MESH_SCRIPT.format(root=os.path.dirname(tests),
+                                                        tests=tests))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("(4, 1, 'map') max abs source difference", result.stdout)
 
@@ -381,7 +374,7 @@ def write_level_checkpoints(config, workdir):
 class RunTest(absltest.TestCase):
 
   def test_separate_mode_writes_wavs_and_metrics(self):
-    config = tiny_flow_config()
+    config = tiny.flow_config()
     sep = config.separation
     workdir = tempfile.mkdtemp()
     write_level_checkpoints(config, workdir)
@@ -442,21 +435,21 @@ class RunTest(absltest.TestCase):
       separation.run(config, workdir, os.path.join(workdir, "missing.wav"))
 
   def test_bad_input_fails_before_anything_is_loaded_or_written(self):
-    config = tiny_flow_config()
+    config = tiny.flow_config()
     workdir = tempfile.mkdtemp()  # no checkpoints: a late check would fail on those first
     with self.assertRaisesRegex(FileNotFoundError, "--input: no file at"):
       separation.run(config, workdir, os.path.join(workdir, "typo.wav"))
     config.separation.chunk_overlap = config.separation.mix_length
     with self.assertRaisesRegex(ValueError, "chunk_overlap"):
       separation.run(config, workdir, os.path.join(workdir, "typo.wav"))
-    config = tiny_flow_config()
+    config = tiny.flow_config()
     config.separation.batch_size = 0
     with self.assertRaisesRegex(ValueError, "config.separation.batch_size must be >= 1, got 0"):
       separation.run(config, workdir)
     self.assertEqual(os.listdir(workdir), [])
 
   def test_diverged_estimates_give_strict_json_with_null_metrics(self):
-    config = tiny_flow_config()
+    config = tiny.flow_config()
     config.separation.trace = False
     sep, num_sources = config.separation, len(config.data.source_names)
 
