@@ -44,6 +44,7 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
 
 def main(argv):
   del argv
+  common.warn_without_tcmalloc()
   config = _CONFIG.value
   length, batch, naive_steps = _LENGTH.value, _BATCH.value, _NAIVE_STEPS.value
   if not 0 < naive_steps <= length:

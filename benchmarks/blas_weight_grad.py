@@ -217,6 +217,7 @@ def run_case(name, conv1d, rounds, min_measure_s):
 
 def main(argv):
   del argv
+  common.warn_without_tcmalloc()
   train_cases = [name for name, case in cases.CASES.items() if case.kind == "train"]
   unknown = [name for name in _CASES.value if name not in train_cases]
   if unknown:

@@ -147,6 +147,7 @@ def main(argv):
                       _CHILD_LAYOUT.value, _TORCH.value)
     common.write_json(_CHILD_OUT.value, result)
     return
+  common.warn_without_tcmalloc()
   names = _CASES.value or list(cases.CASES)
   unknown = [n for n in names if n not in cases.CASES]
   if unknown:

@@ -390,6 +390,7 @@ def main(argv):
       raise ValueError(f"--child must be 'jax' or 'torch', got {_CHILD.value!r}.")
     common.write_json(_CHILD_OUT.value, result)
     return
+  common.warn_without_tcmalloc()
   unknown = [p for p in _PARTS.value if p not in ("flops", "memory")]
   if unknown:
     raise ValueError(f"--parts: unknown {unknown}; choose from flops, memory.")

@@ -61,6 +61,7 @@ def time_case(name, streams, loops, rounds, min_measure_s, score_sigma):
 
 def main(argv):
   del argv
+  common.warn_without_tcmalloc()
   unknown = [n for n in _CASES.value if n not in cases.CASES]
   if unknown:
     raise ValueError(f"--cases: unknown {unknown}; known: {', '.join(cases.CASES)}.")

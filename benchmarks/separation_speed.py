@@ -50,6 +50,7 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
 
 def main(argv):
   del argv
+  common.warn_without_tcmalloc()
   config = _CONFIG.value
   sep = config.separation
   names = tuple(config.data.source_names)
