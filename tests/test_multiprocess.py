@@ -60,7 +60,9 @@ def free_port():
 
 
 def train_config():
-  return tiny.apply_overrides(toy_flow.get_config("test"), TRAIN_OVERRIDES)
+  config = toy_flow.get_config("test")
+  config.update_from_flattened_dict(TRAIN_OVERRIDES)
+  return config
 
 
 def process_env(num_devices, coordinator=None, num_processes=1, process_id=0):

@@ -5,17 +5,12 @@ block of one flow of one layer. Its train step traces and compiles in 3.0 s agai
 test config."""
 from configs import toy_flow
 
-# As --config.<field>=<value> overrides too, for the tests that start `audiosep_jax.main`.
+# Flattened, as `ConfigDict.update_from_flattened_dict` takes them and as --config.<field>
+# overrides for the tests that start `audiosep_jax.main`.
 FLOW_OVERRIDES = {"model.n_blocks": 1, "model.n_flows": 1, "model.n_layers": 1}
 
 
-def apply_overrides(config, overrides):
-  """config with each 'group.name': value of overrides set; returns config."""
-  for field, value in overrides.items():
-    group, name = field.split(".")
-    config[group][name] = value
-  return config
-
-
 def flow_config():
-  return apply_overrides(toy_flow.get_config("test"), FLOW_OVERRIDES)
+  config = toy_flow.get_config("test")
+  config.update_from_flattened_dict(FLOW_OVERRIDES)
+  return config
