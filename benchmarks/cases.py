@@ -178,13 +178,14 @@ def combine_processes(results):
   return combined
 
 
-def jax_runners(case, config, batch_np, sigma, layout):
+def jax_runners(case, config, batch_np, sigma, layout, prior_devices=None):
   """{name: one call of the JAX work}, compile seconds per name, and the JAX params
   [K, ...] on the host. layout 'one_device': 'jax_map' with the priors one after another
   and 'jax_vmap' with them vmapped (training.prior_loop for a train step,
-  separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', one prior per
-  CPU device (training.prior_devices=K; `main` asks for K devices). All with the case's
-  microbatches (`jax_steps`)."""
+  separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', the priors
+  split over prior_devices CPU devices (training.prior_devices; default K, one prior per
+  device; the process must have asked for that many devices), each device's priors as the
+  config's loops say. All with the case's microbatches (`jax_steps`)."""
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
 
   prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
@@ -205,7 +206,7 @@ def jax_runners(case, config, batch_np, sigma, layout):
     builders = {"jax_map": lambda: make(with_loop("map"), 1),
                 "jax_vmap": lambda: make(with_loop("vmap"), 1)}
   else:
-    builders = {"jax_prior_sharded": lambda: make(config, num_sources)}
+    builders = {"jax_prior_sharded": lambda: make(config, prior_devices or num_sources)}
   runners, compile_s = {}, {}
   for name, build in builders.items():
     start = time.perf_counter()

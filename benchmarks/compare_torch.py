@@ -1,7 +1,8 @@
 """JAX against PyTorch eager, timed alternately in one run: train steps and Langevin scores.
 
   python benchmarks/compare_torch.py [--cases=flow_paper_train,...] [--rounds=7] \
-      [--processes=1] [--out=benchmarks/results/compare_torch.json]
+      [--processes=1] [--prior_devices=4] [--sharded_threads=0] \
+      [--out=benchmarks/results/compare_torch.json]
 
 Cases (`cases.CASES`): one training step (forward, backward, gradient clipping, Adam) of the
 K = 4 toy priors, and the Langevin inner step's model work, the sum of log p over all
@@ -13,8 +14,10 @@ JAX: the project's own code (`jax_steps`): `train.step_from_config` compiled by
 `train.compile_train_step` (donated state), and `priors.stacked_level_score` (log p and
 its gradient, each prior's inside the loop over priors), jitted; each on one device
 (training.prior_devices=1) with the priors one after another ('map', training.prior_loop's
-default) and vmapped ('vmap', separation.prior_loop's default), and with one prior per CPU
-device (training.prior_devices=4, the configs' default loops). The paper's own setting
+default) and vmapped ('vmap', separation.prior_loop's default), and prior-sharded: over
+`--prior_devices` CPU devices (training.prior_devices; 4 by default, one prior each; the
+configs' default loops), in a process whose XLA thread pool `--sharded_threads` may size
+(e.g. two single-threaded devices on 2 cores). The paper's own setting
 (batch 5) runs with training.microbatches=5 (one example's activations at a time, the
 same update; the torch reference keeps every activation). PyTorch: `torch_reference`
 (one module per source, Adam foreach), eager.
@@ -34,7 +37,7 @@ PyTorch times of the same process ('torch_s' of the one-device process, 'sharded
 of the prior-sharded one), and each JAX runner's samples per second with the device's model
 ('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX runs take the GPU:
 `--notorch` leaves out the PyTorch reference (CPU only here), and the prior-sharded layout
-needs K GPUs (`--noprior_sharded` on one). The parent also records how busy the machine was
+needs `--prior_devices` GPUs (`--noprior_sharded` on one). The parent also records how busy the machine was
 with other processes during the case (from /proc/stat, less the child's own CPU time):
 timings taken on a busy machine are not comparable.
 """
@@ -65,7 +68,16 @@ _SCORE_SIGMA = flags.DEFINE_float(
     "score_sigma", 0.077, "Noise level of the WaveNet's smoothed density in score cases.")
 _PRIOR_SHARDED = flags.DEFINE_bool(
     "prior_sharded", True,
-    "Also time the JAX work with one prior per device (K CPU devices on a CPU host).")
+    "Also time the JAX work prior-sharded (--prior_devices CPU devices on a CPU host).")
+_PRIOR_DEVICES = flags.DEFINE_integer(
+    "prior_devices", common.NUM_PRIOR_DEVICES,
+    "Devices of the prior-sharded layout (training.prior_devices): K, one prior each, or a "
+    "divisor of K (each device's priors one after another, the config's prior_loop).")
+_SHARDED_THREADS = flags.DEFINE_integer(
+    "sharded_threads", 0,
+    "Threads of XLA:CPU's pool in the prior-sharded process, through the NPROC variable "
+    "that XLA's CPU client reads (0: XLA's default, every core). With --prior_devices=2 "
+    "--sharded_threads=1 a 2-core host runs two devices of single-threaded kernels.")
 _TORCH = flags.DEFINE_bool(
     "torch", True, "Also time the PyTorch reference (on the CPU); --notorch on a GPU host, "
     "for JAX's absolute times alone.")
@@ -80,7 +92,7 @@ _CHILD_LAYOUT = flags.DEFINE_enum("child_layout", "one_device", LAYOUTS,
                                   "Internal: the JAX runs of the child.")
 
 
-def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
+def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch, prior_devices):
   """Times one case's runs of `layout` (and PyTorch's, `with_torch`) in this process:
   {'<runner>_s': median seconds per call, '<jax runner>_samples_per_s', 'jax_device', ...}.
   """
@@ -90,7 +102,8 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch):
   num_sources = len(config.data.source_names)
   batch_np = cases.sample_batch(case, config)
   sigma = score_sigma if case.family == "wavenet" else 0.0
-  runners, compile_s, host_params = cases.jax_runners(case, config, batch_np, sigma, layout)
+  runners, compile_s, host_params = cases.jax_runners(case, config, batch_np, sigma, layout,
+                                                      prior_devices)
   if with_torch:
     runners.update(cases.torch_runners(case, config, batch_np, host_params, sigma))
   times = cases.time_alternately(runners, rounds, min_measure_s)
@@ -120,15 +133,16 @@ def children_cpu_s():
   return usage.ru_utime + usage.ru_stime
 
 
-def run_in_subprocess(name, extra_args=()):
-  """Runs one case in a fresh python; adds how busy other processes kept the CPUs."""
+def run_in_subprocess(name, extra_args=(), env_overrides=None):
+  """Runs one case in a fresh python (its environment updated by env_overrides); adds how
+  busy other processes kept the CPUs."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "case.json")
     command = [sys.executable, os.path.abspath(__file__), f"--child={name}",
                f"--child_out={out}", *extra_args]
     busy0, total0 = cpu_jiffies()
     cpu0 = children_cpu_s()
-    subprocess.run(command, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, **(env_overrides or {})})
     busy1, total1 = cpu_jiffies()
     own = (children_cpu_s() - cpu0) * os.sysconf("SC_CLK_TCK")
     with open(out) as f:
@@ -142,9 +156,9 @@ def main(argv):
   if _CHILD.value:
     import jax  # pylint: disable=g-import-not-at-top
     if _CHILD_LAYOUT.value == "prior_sharded":
-      jax.config.update("jax_num_cpu_devices", common.NUM_PRIOR_DEVICES)
+      jax.config.update("jax_num_cpu_devices", _PRIOR_DEVICES.value)
     result = run_case(_CHILD.value, _ROUNDS.value, _MIN_MEASURE_S.value, _SCORE_SIGMA.value,
-                      _CHILD_LAYOUT.value, _TORCH.value)
+                      _CHILD_LAYOUT.value, _TORCH.value, _PRIOR_DEVICES.value)
     common.write_json(_CHILD_OUT.value, result)
     return
   common.warn_without_tcmalloc()
@@ -156,15 +170,24 @@ def main(argv):
                  f"--score_sigma={_SCORE_SIGMA.value}", f"--torch={_TORCH.value}"]
   if _PROCESSES.value < 1:
     raise ValueError(f"--processes must be at least 1, got {_PROCESSES.value}.")
+  if _PRIOR_DEVICES.value < 1:
+    raise ValueError(f"--prior_devices must be at least 1, got {_PRIOR_DEVICES.value}.")
+  if _SHARDED_THREADS.value < 0:
+    raise ValueError(f"--sharded_threads must be 0 (XLA's default) or more, got "
+                     f"{_SHARDED_THREADS.value}.")
+  sharded_flags = [*child_flags, "--child_layout=prior_sharded",
+                   f"--prior_devices={_PRIOR_DEVICES.value}"]
+  sharded_env = {"NPROC": str(_SHARDED_THREADS.value)} if _SHARDED_THREADS.value else None
   results = []
   for name in names:
     result = cases.combine_processes(
         [run_in_subprocess(name, child_flags) for _ in range(_PROCESSES.value)])
     if _PRIOR_SHARDED.value:
       sharded = cases.combine_processes(
-          [run_in_subprocess(name, [*child_flags, "--child_layout=prior_sharded"])
-           for _ in range(_PROCESSES.value)])
+          [run_in_subprocess(name, sharded_flags, sharded_env) for _ in range(_PROCESSES.value)])
       result = merge_sharded(result, sharded)
+      result["sharded_prior_devices"] = _PRIOR_DEVICES.value
+      result["sharded_threads"] = _SHARDED_THREADS.value
     results.append(result)
     print(summary_line(result), flush=True)
     if _OUT.value:
