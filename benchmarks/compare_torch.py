@@ -37,9 +37,9 @@ PyTorch times of the same process ('torch_s' of the one-device process, 'sharded
 of the prior-sharded one), and each JAX runner's samples per second with the device's model
 ('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX runs take the GPU:
 `--notorch` leaves out the PyTorch reference (CPU only here), and the prior-sharded layout
-needs `--prior_devices` GPUs (`--noprior_sharded` on one). The parent also records how busy the machine was
-with other processes during the case (from /proc/stat, less the child's own CPU time):
-timings taken on a busy machine are not comparable.
+needs `--prior_devices` GPUs (`--noprior_sharded` on one). The parent also records how
+busy the machine was with other processes during the case (from /proc/stat, less the
+child's own CPU time): timings taken on a busy machine are not comparable.
 """
 import json
 import os
