@@ -24,8 +24,8 @@ same update; the torch reference keeps every activation). PyTorch: `torch_refere
 
 Every case runs in fresh subprocesses (no state carried between cases), one per layout: the
 one-device runs ('map', 'vmap') in a process with one CPU device, the prior-sharded run in
-a process with K CPU devices (a process that asks for more CPU devices runs its one-device
-programs slower, benchmarks/README.md); `--processes=N` runs N such processes per case and
+a process with `--prior_devices` CPU devices (a process that asks for more CPU devices runs
+its one-device programs slower, benchmarks/README.md); `--processes=N` runs N such processes per case and
 layout, one after another, and reports the median over them of each time and of each
 process's own ratio (`cases.combine_processes`): on a shared host the same program's median
 can differ by 30% from one process to the next (benchmarks/README.md). Each process times
