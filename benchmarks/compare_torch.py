@@ -25,21 +25,22 @@ same update; the torch reference keeps every activation). PyTorch: `torch_refere
 Every case runs in fresh subprocesses (no state carried between cases), one per layout: the
 one-device runs ('map', 'vmap') in a process with one CPU device, the prior-sharded run in
 a process with `--prior_devices` CPU devices (a process that asks for more CPU devices runs
-its one-device programs slower, benchmarks/README.md); `--processes=N` runs N such processes per case and
-layout, one after another, and reports the median over them of each time and of each
-process's own ratio (`cases.combine_processes`): on a shared host the same program's median
-can differ by 30% from one process to the next (benchmarks/README.md). Each process times
-PyTorch as well: warm-up (JAX compile, then 2 calls of each), then `--rounds` rounds that
-time one measurement of each runner, alternating which goes first; a measurement repeats
-the call until it lasts `--min_measure_s` and reports the time per call. Reported: the
-median per call of each runner, and the ratio torch / jax (> 1: JAX is faster) against the
-PyTorch times of the same process ('torch_s' of the one-device process, 'sharded_torch_s'
-of the prior-sharded one), and each JAX runner's samples per second with the device's model
-('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX runs take the GPU:
-`--notorch` leaves out the PyTorch reference (CPU only here), and the prior-sharded layout
-needs `--prior_devices` GPUs (`--noprior_sharded` on one). The parent also records how
-busy the machine was with other processes during the case (from /proc/stat, less the
-child's own CPU time): timings taken on a busy machine are not comparable.
+its one-device programs slower, benchmarks/README.md); `--processes=N` runs N such
+processes per case and layout, one after another, and reports the median over them of each
+time and of each process's own ratio (`cases.combine_processes`): on a shared host the same
+program's median can differ by 30% from one process to the next (benchmarks/README.md).
+Each process times PyTorch as well: warm-up (JAX compile, then 2 calls of each), then
+`--rounds` rounds that time one measurement of each runner, alternating which goes first; a
+measurement repeats the call until it lasts `--min_measure_s` and reports the time per
+call. Reported: the median per call of each runner, and the ratio torch / jax (> 1: JAX is
+faster) against the PyTorch times of the same process ('torch_s' of the one-device process,
+'sharded_torch_s' of the prior-sharded one), and each JAX runner's samples per second with
+the device's model ('jax_device'). On a GPU host (`pip install -e '.[cuda12]'`) the JAX
+runs take the GPU: `--notorch` leaves out the PyTorch reference (CPU only here), and the
+prior-sharded layout needs `--prior_devices` GPUs (`--noprior_sharded` on one). The parent
+also records how busy the machine was with other processes during the case (from
+/proc/stat, less the child's own CPU time): timings taken on a busy machine are not
+comparable.
 """
 import json
 import os
