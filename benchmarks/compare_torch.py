@@ -212,12 +212,17 @@ def merge_sharded(result, sharded):
 
 
 def summary_line(result):
+  """One line per case: the times, the ratios and the layout they came from."""
   parts = [f"{result['case']:22s}"]
   for key in (*cases.JAX_RUNNERS, "torch", "sharded_torch"):
     if f"{key}_s" in result:
       parts.append(f"{key} {result[f'{key}_s']:.3f} s")
   if "torch_best" in result:
     parts.append(f"(torch best: {result['torch_best']})")
+  if "sharded_prior_devices" in result:
+    threads = result["sharded_threads"]
+    pool = f"NPROC={threads}" if threads else "XLA's default threads"
+    parts.append(f"(prior-sharded: {result['sharded_prior_devices']} devices, {pool})")
   for key in cases.JAX_RUNNERS:
     if f"torch_over_{key}" in result:
       part = f"torch/{key} {result[f'torch_over_{key}']:.2f}"
