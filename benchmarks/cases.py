@@ -178,6 +178,28 @@ def combine_processes(results):
   return combined
 
 
+def jax_builder(case, config, batch_np, sigma):
+  """(build, the JAX params [K, ...] on the host) of a case: build(prior_loop,
+  prior_devices) compiles its JAX work (`jax_steps`: the train step, or the score at
+  sigma) with training.prior_loop and separation.prior_loop set to prior_loop (None: the
+  config's) on prior_devices devices, and returns (run, compiled): run() does one call and
+  waits for it, compiled is the XLA executable."""
+  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
+
+  prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
+
+  def build(prior_loop, prior_devices):
+    looped = config.copy_and_resolve_references()
+    if prior_loop is not None:
+      looped.training.prior_loop = looped.separation.prior_loop = prior_loop
+    if case.kind == "train":
+      return jax_steps.train_step(looped, prior, optimizer, host_state, batch_np,
+                                  prior_devices)
+    return jax_steps.score(looped, prior, host_state.params, batch_np, sigma, prior_devices)
+
+  return build, host_state.params
+
+
 def jax_runners(case, config, batch_np, sigma, layout, prior_devices=None):
   """{name: one call of the JAX work}, compile seconds per name, and the JAX params
   [K, ...] on the host. layout 'one_device': 'jax_map' with the priors one after another
@@ -185,31 +207,16 @@ def jax_runners(case, config, batch_np, sigma, layout, prior_devices=None):
   separation.prior_loop for a score); 'prior_sharded': 'jax_prior_sharded', the priors
   split over prior_devices CPU devices (training.prior_devices; default K, one prior per
   device; the process must have asked for that many devices), each device's priors as the
-  config's loops say. All with the case's microbatches (`jax_steps`)."""
-  from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
-
-  prior, optimizer, host_state = jax_steps.train_inputs(config, batch_np, config.seed)
-  num_sources = batch_np.shape[1]
-
-  def with_loop(prior_loop):
-    looped = config.copy_and_resolve_references()
-    looped.training.prior_loop = looped.separation.prior_loop = prior_loop
-    return looped
-
-  if case.kind == "train":
-    make = lambda c, devices: jax_steps.train_step(c, prior, optimizer, host_state,
-                                                   batch_np, devices)
-  else:
-    make = lambda c, devices: jax_steps.score(c, prior, host_state.params, batch_np, sigma,
-                                              devices)
+  config's loops say. All with the case's microbatches (`jax_builder`)."""
+  build, host_params = jax_builder(case, config, batch_np, sigma)
   if layout == "one_device":
-    builders = {"jax_map": lambda: make(with_loop("map"), 1),
-                "jax_vmap": lambda: make(with_loop("vmap"), 1)}
+    builders = {"jax_map": lambda: build("map", 1), "jax_vmap": lambda: build("vmap", 1)}
   else:
-    builders = {"jax_prior_sharded": lambda: make(config, prior_devices or num_sources)}
+    devices = prior_devices or batch_np.shape[1]
+    builders = {"jax_prior_sharded": lambda: build(None, devices)}
   runners, compile_s = {}, {}
-  for name, build in builders.items():
+  for name, make in builders.items():
     start = time.perf_counter()
-    runners[name], _ = build()
+    runners[name], _ = make()
     compile_s[name] = time.perf_counter() - start
-  return runners, compile_s, host_state.params
+  return runners, compile_s, host_params

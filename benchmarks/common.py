@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: timing, the machine's description, results."""
 import json
 import os
+import statistics
 import time
 
 # CPU devices the prior-sharded JAX steps ask for (jax_num_cpu_devices): one per toy source.
@@ -66,6 +67,41 @@ def warn_without_tcmalloc():
   message = allocator_warning(os.environ.get("LD_PRELOAD", ""))
   if message:
     logging.warning(message)
+
+
+def median_time(fn, repeats):
+  """(median, all) seconds of `repeats` calls of fn() after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def matmul_peak(size, repeats):
+  """GFLOP/s of an N x N float32 matmul in JAX and (where installed) torch, with as many
+  threads as this process has cores, and their maximum ('peak_gflops')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  flops = 2.0 * size ** 3
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax_s, _ = median_time(lambda: matmul(a, b).block_until_ready(), repeats)
+  result = {"matmul_size": size, "jax_gflops": flops / jax_s / 1e9}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    torch = None
+  if torch is not None:
+    torch.set_num_threads(num_cores())
+    ta, tb = torch.randn(size, size), torch.randn(size, size)
+    torch_s, _ = median_time(lambda: torch.mm(ta, tb), repeats)
+    result["torch_gflops"] = flops / torch_s / 1e9
+  result["peak_gflops"] = max(v for k, v in result.items() if k.endswith("_gflops"))
+  return result
 
 
 def write_json(path, results):

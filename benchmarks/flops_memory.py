@@ -34,7 +34,6 @@ memory  Every setting in a fresh subprocess that builds the step, runs 2 steps a
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,39 +128,6 @@ def toy_batch(config, batch, length):
   return np.asarray(toy.sample_sources(jax.random.key(0), batch, length, config.data))
 
 
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times
-
-
-def matmul_peak(size, repeats):
-  """GFLOP/s of an N x N float32 matmul in JAX and torch, and their maximum."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  flops = 2.0 * size ** 3
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  jax_s, _ = median_time(lambda: matmul(a, b).block_until_ready(), repeats)
-  result = {"matmul_size": size, "jax_gflops": flops / jax_s / 1e9}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    torch = None
-  if torch is not None:
-    torch.set_num_threads(common.num_cores())
-    ta, tb = torch.randn(size, size), torch.randn(size, size)
-    torch_s, _ = median_time(lambda: torch.mm(ta, tb), repeats)
-    result["torch_gflops"] = flops / torch_s / 1e9
-  result["peak_gflops"] = max(v for k, v in result.items() if k.endswith("_gflops"))
-  return result
-
-
 def parse_setting(text):
   """'5x16384:false:5' -> (5, 16384, False, 5); remat and microbatches may be left out."""
   shape, _, rest = text.partition(":")
@@ -195,7 +161,7 @@ def time_flow_step(batch, length, remat, microbatches, repeats, prior_devices):
     run, compiled = jax_steps.train_step(step_config, prior, optimizer, host_state, data,
                                          devices)
     compile_s = time.perf_counter() - start
-    step_s, all_s = median_time(run, repeats)
+    step_s, all_s = common.median_time(run, repeats)
     result[name] = {"compile_s": compile_s, "step_s": step_s, "all_step_s": all_s,
                     "xla_flops": compiled.cost_analysis()["flops"],
                     "achieved_gflops": analytic / step_s / 1e9}
@@ -204,7 +170,7 @@ def time_flow_step(batch, length, remat, microbatches, repeats, prior_devices):
 
 
 def flops_part(settings, matmul_size, repeats, prior_devices):
-  peak = matmul_peak(matmul_size, repeats)
+  peak = common.matmul_peak(matmul_size, repeats)
   print(f"matmul peak: {peak}", flush=True)
   steps = []
   for text in settings:
