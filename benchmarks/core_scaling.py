@@ -11,19 +11,19 @@ train step's default) and the PyTorch reference, timed alternately in each proce
              one thread (NPROC=1), PyTorch with one thread. Also the N^3 float32 matmul
              peak of that core (`common.matmul_peak`), and a profile of `--profile_calls`
              JAX calls: every kernel's time from jax.profiler's trace, the matmuls' FLOPs
-             from the compiled HLO, grouped by matmul shape (`hlo_kernels`). Its GFLOP/s against the core's peak says how much a
-             better kernel could still gain.
+             from the compiled HLO, grouped by matmul shape (`hlo_kernels`). Their GFLOP/s
+             against the core's peak say how much better kernels could still gain.
   all_cores  one process on every core, as `compare_torch.py`'s one-device process:
              the layout whose ratio the issue's targets ask for.
   per_core   one pinned, single-threaded process per core, all timing at once (each
-             compiles and warms up, then waits for the others): the throughput that
+             compiles, then waits for the others): the throughput that
              perfect parallelism across the cores would give each framework, `cores`
              steps per median step time, shared caches and memory bandwidth included.
 
 Reported per case: the three layouts' times and PyTorch / JAX ratios, how much each
 framework gains from every core over one (one_core time / all_cores time), and the
-one-core kernel breakdown. The step is short of the machine by (all_cores time) /
-(per_core step-equivalent): that share is lost to splitting each kernel over the cores.
+one-core kernel breakdown. The all-cores step's time over the per_core step-equivalent
+is what splitting each kernel over the cores costs against perfect parallelism.
 """
 import json
 import os
@@ -64,6 +64,7 @@ _CHILD_BARRIER = flags.DEFINE_string(
     "child_barrier", None, "Internal: folder where per_core children meet before timing.")
 _CHILD_OUT = flags.DEFINE_string("child_out", None, "Internal: the child's JSON file.")
 
+
 def wait_for_all(barrier, core):
   """per_core children: announce readiness in `barrier`, then wait for the parent's 'go'."""
   with open(os.path.join(barrier, f"ready_{core}"), "w"):
@@ -90,8 +91,6 @@ def run_child(layout, name, core, barrier):
   result = {"case": name, "layout": layout, "core": core, "threads": common.num_cores(),
             "jax_compile_s": compile_s}
   if layout == "per_core":
-    for runner in runners.values():
-      runner()
     wait_for_all(barrier, core)
   times = cases.time_alternately(runners, _ROUNDS.value, _MIN_MEASURE_S.value)
   result.update(cases.medians(times))
@@ -102,11 +101,13 @@ def run_child(layout, name, core, barrier):
     result["matmul_peak"] = common.matmul_peak(_MATMUL_SIZE.value, _ROUNDS.value)
     events, traced_s = hlo_kernels.trace_events(run, _PROFILE_CALLS.value)
     result["traced_step_s"] = traced_s
-    result["kernels"] = hlo_kernels.kernel_breakdown(compiled.as_text(), events, _PROFILE_CALLS.value)
+    result["kernels"] = hlo_kernels.kernel_breakdown(compiled.as_text(), events,
+                                                     _PROFILE_CALLS.value)
   return result
 
 
 def child_command(layout, name, core, out, barrier=None):
+  """The command line of one layout's child process (this script with --child)."""
   return [sys.executable, os.path.abspath(__file__), f"--child={layout}",
           f"--child_case={name}", f"--child_core={core}", f"--child_out={out}",
           f"--rounds={_ROUNDS.value}", f"--min_measure_s={_MIN_MEASURE_S.value}",
@@ -116,6 +117,7 @@ def child_command(layout, name, core, out, barrier=None):
 
 
 def read_json(path):
+  """The JSON value in file `path`."""
   with open(path) as f:
     return json.load(f)
 
@@ -173,6 +175,7 @@ def summarize(results):
 
 
 def summary_lines(name, results, summary):
+  """The printed summary of one case: times and ratios per layout, the one-core kernels."""
   one, every = results["one_core"], results["all_cores"]
   kernels = one["kernels"]
   s = summary
