@@ -89,14 +89,13 @@ def run_child(layout, name, core, barrier):
   compile_s = time.perf_counter() - start
   runners = {"jax_map": run, **cases.torch_runners(case, config, batch_np, host_params, sigma)}
   result = {"case": name, "layout": layout, "core": core, "threads": common.num_cores(),
-            "jax_compile_s": compile_s}
+            "jax_compile_s": compile_s,
+            "samples_per_call": case.batch * batch_np.shape[1] * case.length}
   if layout == "per_core":
     wait_for_all(barrier, core)
   times = cases.time_alternately(runners, _ROUNDS.value, _MIN_MEASURE_S.value)
   result.update(cases.medians(times))
-  torch_names = [n for n in times if n.startswith("torch_")]
-  result["torch_best"] = min(torch_names, key=lambda n: result[f"{n}_s"])
-  result["torch_s"] = result[f"{result['torch_best']}_s"]
+  cases.add_rates_and_fastest_torch(result, list(times))
   if layout == "one_core":
     result["matmul_peak"] = common.matmul_peak(_MATMUL_SIZE.value, _ROUNDS.value)
     events, traced_s = hlo_kernels.trace_events(run, _PROFILE_CALLS.value)
@@ -156,6 +155,7 @@ def summarize(results):
   jax_per_core = statistics.median(r["jax_map_s"] for r in per_core) / cores
   torch_per_core = statistics.median(r["torch_1t_s"] for r in per_core) / cores
   kernels, peak = one["kernels"], one["matmul_peak"]["peak_gflops"]
+  dot_gflops = kernels["dot_gflop"] / kernels["dot_ms"] * 1e3
   return {
       "cores": cores,
       "one_core_torch_over_jax": one["torch_1t_s"] / one["jax_map_s"],
@@ -167,8 +167,8 @@ def summarize(results):
       "per_core_torch_over_jax": torch_per_core / jax_per_core,
       "all_cores_torch_over_per_core_jax": every["torch_s"] / jax_per_core,
       "jax_all_cores_over_per_core": every["jax_map_s"] / jax_per_core,
-      "one_core_dot_gflops": kernels["dot_gflop"] / kernels["dot_ms"] * 1e3,
-      "one_core_dot_fraction_of_peak": kernels["dot_gflop"] / kernels["dot_ms"] * 1e3 / peak,
+      "one_core_dot_gflops": dot_gflops,
+      "one_core_dot_fraction_of_peak": dot_gflops / peak,
       "one_core_dot_share_of_step": kernels["dot_ms"] / 1e3 / one["traced_step_s"],
       "one_core_other_share_of_step": kernels["other_ms"] / 1e3 / one["traced_step_s"],
   }

@@ -69,19 +69,23 @@ def parse_hlo(hlo_text):
   return instructions, computations
 
 
-def _called(instruction):
-  """The computations an instruction calls (a fusion's `calls=`, a while's body, ...)."""
-  return re.findall(r"(?:calls|body|condition|to_apply|branch_computations)=\{?%([\w.\-]+)",
-                    instruction.attributes)
+_CALLED = re.compile(r"(calls|body|condition|to_apply|branch_computations)=(\{[^}]*\}|%[\w.\-]+)")
+
+
+def _called(instruction, kinds=("calls", "body", "condition", "to_apply",
+                                "branch_computations")):
+  """The computations an instruction calls through the attributes named in `kinds` (a
+  fusion's `calls=`, a while's `body=`, a conditional's `branch_computations={...}`)."""
+  return [name for kind, target in _CALLED.findall(instruction.attributes) if kind in kinds
+          for name in re.findall(r"%([\w.\-]+)", target)]
 
 
 def thunk_names(instructions, computations):
   """Names of the instructions that run as kernels of their own (and so have trace
   events): those of the entry and of loop bodies and branches, not those inside a fusion
   or a reduction's `to_apply`."""
-  inlined = set()
-  for instruction in instructions.values():
-    inlined.update(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", instruction.attributes))
+  inlined = {name for instruction in instructions.values()
+             for name in _called(instruction, ("calls", "to_apply"))}
   return [name for computation, names in computations.items() if computation not in inlined
           for name in names]
 
@@ -118,12 +122,13 @@ def kernel_breakdown(hlo_text, events, calls):
   kernels = {name for name in thunk_names(instructions, computations)
              if instructions[name].opcode not in CONTAINER_OPCODES}
   per_shape = collections.defaultdict(lambda: {"kernels": 0, "us": 0.0, "flops": 0})
+  matmuls = {name: dot_flops(name, instructions, computations) for name in kernels}
   kernel_us = other_us = 0.0
   for event in events:
     if event.get("ph") != "X" or event.get("name") not in kernels:
       continue
     kernel_us += event["dur"]
-    flops, label = dot_flops(event["name"], instructions, computations)
+    flops, label = matmuls[event["name"]]
     if not flops:
       other_us += event["dur"]
       continue
