@@ -192,9 +192,11 @@ def make_mesh(num_devices=0, prior_devices=1):
   """A ('data', 'prior') mesh over num_devices devices (0: all of them), process by process.
 
   The batch's rows are split over `data`; the K priors (params, optimizer state and the
-  batch's source axis) over the prior_devices devices of `prior`, which lie in one process
-  so that each process holds one contiguous block of every batch's rows, all K sources
-  (`pipeline.process_slice`). prior_devices=1 is plain data parallelism.
+  batch's source axis) over the prior_devices devices of `prior`. Devices are ordered by
+  process, so a `prior` group lies within one process (prior_devices divides each
+  process's devices) or spans whole processes (a multiple of them that divides all the
+  devices): e.g. one single-threaded process per CPU core, each training its own priors.
+  prior_devices=1 is plain data parallelism.
   """
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   count = jax.process_count()
@@ -208,10 +210,13 @@ def make_mesh(num_devices=0, prior_devices=1):
     by_process = [[d for d in devices if d.process_index == p] for p in range(count)]
     devices = [d for local in by_process for d in local[:num_devices // count]]
   per_process = len(devices) // count
-  if prior_devices < 1 or per_process % prior_devices:
-    raise ValueError(f"config.training.prior_devices={prior_devices} must be a positive "
-                     f"divisor of the {per_process} devices each process uses "
-                     f"({len(devices)} devices, {count} processes).")
+  within_process = prior_devices >= 1 and per_process % prior_devices == 0
+  whole_processes = (prior_devices >= 1 and prior_devices % per_process == 0
+                     and len(devices) % prior_devices == 0)
+  if not (within_process or whole_processes):
+    raise ValueError(f"config.training.prior_devices={prior_devices} must divide the "
+                     f"{per_process} devices each process uses, or be a multiple of them "
+                     f"that divides all {len(devices)} devices ({count} processes).")
   return Mesh(np.array(devices).reshape(-1, prior_devices), (DATA_AXIS, PRIOR_AXIS))
 
 

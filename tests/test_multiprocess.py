@@ -1,5 +1,6 @@
 """Multi-process runs: who joins a run, batches split over devices, and 2 processes x 2
-CPU devices (data parallel) training exactly like 1 process x 4 devices (2 data x 2 prior).
+CPU devices (data parallel) and 2 processes x 1 device (the priors split over the
+processes) training exactly like 1 process x 4 devices (2 data x 2 prior).
 
 The multi-process runs start real processes on this machine: JAX's distributed runtime
 with the coordinator on a free loopback port and gloo CPU collectives, configured through
@@ -231,34 +232,64 @@ class RowsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "prior_devices=3 must divide the 4 sources"):
       train.make_train_mesh(config)
     config.training.prior_devices = 2
-    with self.assertRaisesRegex(ValueError, "prior_devices=2 must be a positive divisor of "
-                                "the 1 devices"):
+    with self.assertRaisesRegex(ValueError, "prior_devices=2 must divide the 1 devices each "
+                                "process uses, or be a multiple of them that divides all 1"):
       train.make_train_mesh(config)
 
 
+class CpuProcessesLauncherTest(absltest.TestCase):
+  """launch/cpu_processes.sh refuses a process count it cannot pin, before any set-up."""
+
+  def launch(self, processes):
+    env = dict(os.environ, PROCESSES=str(processes))
+    return subprocess.run(["bash", os.path.join(ROOT, "launch", "cpu_processes.sh"),
+                           "--config=configs/toy_flow.py:test"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+  def test_bad_process_counts_are_named(self):
+    cores = len(os.sched_getaffinity(0))
+    for processes, message in ((0, "PROCESSES=0 is not a positive integer"),
+                               ("two", "PROCESSES=two is not a positive integer"),
+                               (cores + 1, f"PROCESSES={cores + 1}, but this shell may use "
+                                           f"only {cores} cores")):
+      with self.subTest(processes=processes):
+        result = self.launch(processes)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn(message, result.stderr)
+        self.assertNotIn("Installing", result.stdout)
+
+
 class MultiProcessTest(absltest.TestCase):
-  """2 processes x 2 devices, data parallel, against 1 process x 4 devices on a 2 x 2
-  ('data', 'prior') mesh, all started at once."""
+  """2 processes x 2 devices, data parallel ('two'), and 2 processes x 1 device with the
+  `prior` axis over both processes, two priors each ('prior_processes'), against 1
+  process x 4 devices on a 2 x 2 ('data', 'prior') mesh ('one'), all started at once."""
+  MULTI_PROCESS_RUNS = ("two", "prior_processes")
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
-    cls.dirs = {name: os.path.join(cls.tmp.name, name) for name in ("two", "one")}
+    cls.dirs = {name: os.path.join(cls.tmp.name, name)
+                for name in (*cls.MULTI_PROCESS_RUNS, "one")}
     runs = Runs(cls.tmp.name)
     train_command = [sys.executable, "-m", "audiosep_jax.main",
                      "--config=configs/toy_flow.py:test", "--mode=train"]
     train_command += [f"--config.{field}={value}" for field, value in TRAIN_OVERRIDES.items()]
     rows_command = [sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py")]
     train_address = f"127.0.0.1:{free_port()}"
+    prior_address = f"127.0.0.1:{free_port()}"
     rows_address = f"127.0.0.1:{free_port()}"
-    cls.rows_out = {name: os.path.join(cls.tmp.name, f"rows_{name}") for name in cls.dirs}
+    cls.rows_out = {name: os.path.join(cls.tmp.name, f"rows_{name}") for name in ("two", "one")}
     try:
       for i in range(2):
         runs.start(f"train_two_{i}", train_command + [f"--workdir={cls.dirs['two']}"],
                    process_env(2, train_address, 2, i))
         runs.start(f"rows_two_{i}", rows_command + [cls.rows_out["two"]],
                    process_env(2, rows_address, 2, i))
+        runs.start(f"train_prior_processes_{i}",
+                   train_command + [f"--workdir={cls.dirs['prior_processes']}",
+                                    "--config.training.prior_devices=2"],
+                   process_env(1, prior_address, 2, i))
       runs.start("train_one", train_command + [f"--workdir={cls.dirs['one']}",
                                                "--config.training.prior_devices=2"],
                  process_env(4))
@@ -276,24 +307,27 @@ class MultiProcessTest(absltest.TestCase):
 
   def test_params_equal_one_process(self):
     config = train_config()
-    two = train.load_params(config, self.dirs["two"], 0.0)
     one = train.load_params(config, self.dirs["one"], 0.0)
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), two, one))
-    self.assertLess(max(diffs), PARAMS_ATOL)
+    for name in self.MULTI_PROCESS_RUNS:
+      multi = train.load_params(config, self.dirs[name], 0.0)
+      diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), multi, one)
+      self.assertLess(max(jax.tree.leaves(diffs)), PARAMS_ATOL, msg=name)
     for workdir in self.dirs.values():
       self.assertEqual(os.listdir(train.checkpoint_dir(workdir, "flow", 0.0)), [str(NUM_STEPS)])
 
   def test_training_and_eval_metrics_match(self):
-    two, one = scalars(self.dirs["two"]), scalars(self.dirs["one"])
-    # One record per write: process 1 wrote nothing.
-    self.assertEqual([r["step"] for r in two], [r["step"] for r in one])
-    self.assertEqual([sorted(r) for r in two], [sorted(r) for r in one])
-    for a, b in zip(two, one):
-      for name in a:
-        if name != "steps_per_sec":
-          self.assertAlmostEqual(a[name], b[name], delta=1e-5, msg=name)
-    test_ll = {k: v for r in two for k, v in r.items() if k.startswith("test_nats")}
-    self.assertLen(test_ll, 4)
+    one = scalars(self.dirs["one"])
+    for run in self.MULTI_PROCESS_RUNS:
+      multi = scalars(self.dirs[run])
+      # One record per write: process 1 wrote nothing.
+      self.assertEqual([r["step"] for r in multi], [r["step"] for r in one])
+      self.assertEqual([sorted(r) for r in multi], [sorted(r) for r in one])
+      for a, b in zip(multi, one):
+        for name in a:
+          if name != "steps_per_sec":
+            self.assertAlmostEqual(a[name], b[name], delta=1e-5, msg=f"{run}: {name}")
+      test_ll = {k: v for r in multi for k, v in r.items() if k.startswith("test_nats")}
+      self.assertLen(test_ll, 4)
 
   def test_sharded_eval_equals_one_device(self):
     config = train_config()
@@ -329,10 +363,13 @@ class MultiProcessTest(absltest.TestCase):
         np.testing.assert_allclose(out["rows"], want_rows, rtol=1e-6)
         np.testing.assert_allclose(out["total"], want_trace["total"], rtol=1e-6)
         np.testing.assert_array_equal(out["level"], [0, 1])
+        np.testing.assert_array_equal(out["prior_mesh_shape"], [1, 4])
+        np.testing.assert_array_equal(out["gathered"], multiprocess_worker.train_batch())
         if name == "two":
-          local.append(out["local_rows"].tolist())
-    # Each process holds one contiguous block of the padded rows.
-    self.assertEqual(local, [[0, 1, 2, 3], [4, 5, 6, 7]])
+          local.append((out["local_rows"].tolist(), out["local_sources"].tolist()))
+    # Each process holds one contiguous block of the padded rows, and on a `prior` axis
+    # over both processes, the sources of its own devices.
+    self.assertEqual(local, [([0, 1, 2, 3], [0, 1]), ([4, 5, 6, 7], [2, 3])])
 
 
 if __name__ == "__main__":

@@ -85,14 +85,14 @@ def train_batches(config, start_step, mesh, stream=0):
     from audiosep_jax.data import stems  # pylint: disable=g-import-not-at-top
     seed = config.seed * MAX_STREAMS + stream
     for host_batch in stems.train_batches(data, batch_size, seed, start_step):
-      yield jax.make_array_from_process_local_data(sharding, process_slice(host_batch))
+      yield place_host_batch(host_batch, sharding)
 
 
-def process_slice(global_batch):
-  """This process's rows of a host batch [B, ...] (all of it on one process)."""
-  count, index = jax.process_count(), jax.process_index()
-  rows = global_batch.shape[0] // count
-  return global_batch[index * rows:(index + 1) * rows]
+def place_host_batch(host_batch, sharding):
+  """A host batch [B, K, T] that every process holds in full -> a global array laid out
+  as `sharding` says; each process copies only the blocks of its own devices."""
+  return jax.make_array_from_callback(host_batch.shape, sharding,
+                                      lambda index: host_batch[index])
 
 
 def test_set(config):
