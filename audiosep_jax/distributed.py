@@ -20,6 +20,7 @@ mesh. Host-side batches that every process holds in full (test sets, mixes) are 
 over all devices by `shard_rows`; `map_rows` runs a per-row function that way.
 """
 import os
+import socket
 from typing import NamedTuple
 
 import jax
@@ -118,6 +119,14 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, en
                jax.process_count(), jax.process_index(), cluster.source,
                jax.local_device_count(), jax.device_count())
   return cluster
+
+
+def free_local_port():
+  """A TCP port on 127.0.0.1 that is free now: the coordinator's, for a run of processes
+  on this host (launch/cpu_processes.sh, the tests, benchmarks/prior_processes.py)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def is_primary():

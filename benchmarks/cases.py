@@ -127,7 +127,7 @@ def torch_runners(case, config, batch_np, host_params, sigma):
   return runners
 
 
-JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded")
+JAX_RUNNERS = ("jax_map", "jax_vmap", "jax_prior_sharded", "jax_prior_processes")
 
 
 def add_rates_and_fastest_torch(result, runners):

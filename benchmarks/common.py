@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: timing, the machine's description, results."""
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -102,6 +103,26 @@ def matmul_peak(size, repeats):
     result["torch_gflops"] = flops / torch_s / 1e9
   result["peak_gflops"] = max(v for k, v in result.items() if k.endswith("_gflops"))
   return result
+
+
+def cpu_snapshot():
+  """(busy jiffies of all CPUs since boot from /proc/stat, all jiffies, CPU seconds of
+  this process's waited-for children): the start of `others_busy_fraction`."""
+  with open("/proc/stat") as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  total = sum(fields[:8])
+  return total - fields[3] - fields[4], total, usage.ru_utime + usage.ru_stime
+
+
+def others_busy_fraction(start):
+  """The fraction of all CPUs that other processes kept busy since `cpu_snapshot()`
+  returned `start`: the busy time less this process's children that have been waited for
+  since (call it after waiting for them)."""
+  busy0, total0, children0 = start
+  busy1, total1, children1 = cpu_snapshot()
+  own = (children1 - children0) * os.sysconf("SC_CLK_TCK")
+  return max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
 
 
 def write_json(path, results):

@@ -44,7 +44,6 @@ comparable.
 """
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -120,20 +119,6 @@ def run_case(name, rounds, min_measure_s, score_sigma, layout, with_torch, prior
   return result
 
 
-def cpu_jiffies():
-  """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-  with open("/proc/stat") as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]
-  total = sum(fields[:8])
-  return total - idle, total
-
-
-def children_cpu_s():
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
-
-
 def run_in_subprocess(name, extra_args=(), env_overrides=None):
   """Runs one case in a fresh python (its environment updated by env_overrides); adds how
   busy other processes kept the CPUs."""
@@ -141,14 +126,12 @@ def run_in_subprocess(name, extra_args=(), env_overrides=None):
     out = os.path.join(tmp, "case.json")
     command = [sys.executable, os.path.abspath(__file__), f"--child={name}",
                f"--child_out={out}", *extra_args]
-    busy0, total0 = cpu_jiffies()
-    cpu0 = children_cpu_s()
+    start = common.cpu_snapshot()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, **(env_overrides or {})})
-    busy1, total1 = cpu_jiffies()
-    own = (children_cpu_s() - cpu0) * os.sysconf("SC_CLK_TCK")
+    busy = common.others_busy_fraction(start)
     with open(out) as f:
       result = json.load(f)
-  result["others_busy_fraction"] = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
+  result["others_busy_fraction"] = busy
   return result
 
 

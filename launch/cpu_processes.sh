@@ -23,7 +23,7 @@ PROCESSES=${PROCESSES:-${#cores[@]}}
 [[ "$PROCESSES" =~ ^[1-9][0-9]*$ ]] || fail "PROCESSES=$PROCESSES is not a positive integer."
 (( PROCESSES <= ${#cores[@]} )) || fail "PROCESSES=$PROCESSES, but this shell may use only ${#cores[@]} cores."
 source launch/setup_env.sh
-PORT=${PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+PORT=${PORT:-$(python -c 'from audiosep_jax import distributed; print(distributed.free_local_port())')}
 per_process=$(( ${#cores[@]} / PROCESSES ))
 args=("$@")
 if [[ " $* " != *" --config.training.prior_devices="* ]]; then

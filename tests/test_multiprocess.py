@@ -9,7 +9,6 @@ JAX_PROCESS_ID). Every process is bounded by a deadline and killed on failure.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,12 +51,6 @@ PARAMS_ATOL = 1e-5
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                     "JAX_LOCAL_DEVICE_IDS", "JAX_NUM_CPU_DEVICES", "XLA_FLAGS",
                     distributed.MODE_VARIABLE)
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def train_config():
@@ -276,9 +269,9 @@ class MultiProcessTest(absltest.TestCase):
                      "--config=configs/toy_flow.py:test", "--mode=train"]
     train_command += [f"--config.{field}={value}" for field, value in TRAIN_OVERRIDES.items()]
     rows_command = [sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py")]
-    train_address = f"127.0.0.1:{free_port()}"
-    prior_address = f"127.0.0.1:{free_port()}"
-    rows_address = f"127.0.0.1:{free_port()}"
+    train_address = f"127.0.0.1:{distributed.free_local_port()}"
+    prior_address = f"127.0.0.1:{distributed.free_local_port()}"
+    rows_address = f"127.0.0.1:{distributed.free_local_port()}"
     cls.rows_out = {name: os.path.join(cls.tmp.name, f"rows_{name}") for name in ("two", "one")}
     try:
       for i in range(2):
