@@ -26,7 +26,7 @@ source launch/setup_env.sh
 PORT=${PORT:-$(python -c 'from audiosep_jax import distributed; print(distributed.free_local_port())')}
 per_process=$(( ${#cores[@]} / PROCESSES ))
 args=("$@")
-if [[ " $* " != *" --config.training.prior_devices="* ]]; then
+if [[ " $* " != *" --config.training.prior_devices"* ]]; then
   args+=("--config.training.prior_devices=$PROCESSES")
 fi
 pids=()
