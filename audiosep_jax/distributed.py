@@ -17,7 +17,8 @@ per task applies only with AUDIOSEP_DISTRIBUTED=auto.
 
 Every process runs the same program on its own devices; arrays span the global `data`
 mesh. Host-side batches that every process holds in full (test sets, mixes) are split
-over all devices by `shard_rows`; `map_rows` runs a per-row function that way.
+over all devices by `shard_rows` (`place_host_array`: in any layout); `map_rows` runs a
+per-row function that way.
 """
 import os
 import socket
@@ -153,13 +154,17 @@ def pad_rows(x, multiple):
   return x, count
 
 
+def place_host_array(x, sharding):
+  """Host array x, the same on every process -> the global array laid out as `sharding`
+  says (any mesh, any layout); each process copies only the blocks of its own devices."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def shard_rows(x, mesh):
   """Host batch x [B, ...], the same on every process -> (global array [B', ...] with its
   rows split over the `data` axis of `mesh`, B). B' pads B to a multiple of that axis."""
   padded, count = pad_rows(x, mesh.shape["data"])
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-  array = jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
-  return array, count
+  return place_host_array(padded, NamedSharding(mesh, PartitionSpec("data"))), count
 
 
 def map_rows(fn, mesh, num_batched=1, out_axes=0):

@@ -8,7 +8,7 @@ Joins the run that the environment describes (`distributed.initialize`), then, o
 random function of ROWS rows (padded to a multiple of the device count) and records which
 rows of a `shard_rows` batch live on this process; then, on a mesh whose `prior` axis
 holds every device of every process, places a train batch [B, K, T] that every process
-holds (`pipeline.place_host_batch`) and records which sources live here and the batch
+holds (`distributed.place_host_array`) and records which sources live here and the batch
 gathered back from all processes. Writes OUT.<process index>.npz.
 """
 import sys
@@ -63,7 +63,7 @@ def main(argv):
   local_rows = sorted(row for shard in sharded.addressable_shards
                       for row in range(*shard.index[0].indices(sharded.shape[0])))
   prior_mesh = train.make_mesh(0, jax.device_count())
-  placed = pipeline.place_host_batch(train_batch(), pipeline.batch_sharding(prior_mesh))
+  placed = distributed.place_host_array(train_batch(), pipeline.batch_sharding(prior_mesh))
   local_sources = sorted(source for shard in placed.addressable_shards
                          for source in range(*shard.index[1].indices(placed.shape[1])))
   gathered = multihost_utils.process_allgather(placed, tiled=True)

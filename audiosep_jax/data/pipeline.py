@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audiosep_jax import distributed
 from audiosep_jax.data import toy
 
 DATASETS = ("toy", "stems")
@@ -85,14 +86,7 @@ def train_batches(config, start_step, mesh, stream=0):
     from audiosep_jax.data import stems  # pylint: disable=g-import-not-at-top
     seed = config.seed * MAX_STREAMS + stream
     for host_batch in stems.train_batches(data, batch_size, seed, start_step):
-      yield place_host_batch(host_batch, sharding)
-
-
-def place_host_batch(host_batch, sharding):
-  """A host batch [B, K, T] that every process holds in full -> a global array laid out
-  as `sharding` says; each process copies only the blocks of its own devices."""
-  return jax.make_array_from_callback(host_batch.shape, sharding,
-                                      lambda index: host_batch[index])
+      yield distributed.place_host_array(host_batch, sharding)
 
 
 def test_set(config):
