@@ -69,11 +69,12 @@ def parse_hlo(hlo_text):
   return instructions, computations
 
 
-_CALLED = re.compile(r"(calls|body|condition|to_apply|branch_computations)=(\{[^}]*\}|%[\w.\-]+)")
+# Attributes through which an instruction calls computations.
+CALL_ATTRIBUTES = ("calls", "body", "condition", "to_apply", "branch_computations")
+_CALLED = re.compile(rf"({'|'.join(CALL_ATTRIBUTES)})=(\{{[^}}]*\}}|%[\w.\-]+)")
 
 
-def _called(instruction, kinds=("calls", "body", "condition", "to_apply",
-                                "branch_computations")):
+def _called(instruction, kinds=CALL_ATTRIBUTES):
   """The computations an instruction calls through the attributes named in `kinds` (a
   fusion's `calls=`, a while's `body=`, a conditional's `branch_computations={...}`)."""
   return [name for kind, target in _CALLED.findall(instruction.attributes) if kind in kinds
