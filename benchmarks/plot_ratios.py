@@ -1,9 +1,11 @@
-"""Every timed round of compare_torch.py as a PyTorch / JAX ratio, per case and layout.
+"""Every timed round of compare_torch.py or prior_processes.py as a PyTorch / JAX ratio,
+per case and layout.
 
   python benchmarks/plot_ratios.py --figure=docs/compare_torch.png \
       --results=benchmarks/results/compare_torch_intel_xeon.json,...
 
-Each entry of `--results` is a results file of `compare_torch.py`, optionally followed by
+Each entry of `--results` is a results file of `compare_torch.py` or `prior_processes.py`
+(whose layouts are 'map' and 'prior_processes'), optionally followed by
 `:case+case` to take only those cases from it. A round times every runner once, one after
 another in one process, so its ratio torch / jax pairs times taken moments apart; the
 median of these ratios is close to the table's ratio of medians, and their spread shows
@@ -19,14 +21,14 @@ from absl import flags
 import numpy as np
 
 _RESULTS = flags.DEFINE_list(
-    "results", None, "compare_torch.py results files, each optionally with ':case+case'.",
+    "results", None,
+    "compare_torch.py or prior_processes.py results files, each optionally with ':case+case'.",
     required=True)
 _FIGURE = flags.DEFINE_string("figure", None, "PNG file for the figure.", required=True)
-_LAYOUTS = flags.DEFINE_list("layouts", ["map", "vmap", "prior_sharded"],
-                             "JAX layouts to plot: map, vmap, prior_sharded.")
+LAYOUTS = ("map", "vmap", "prior_sharded", "prior_processes")
+_LAYOUTS = flags.DEFINE_list("layouts", list(LAYOUTS),
+                             f"JAX layouts to plot: {', '.join(LAYOUTS)}.")
 _TARGET = flags.DEFINE_float("target", 1.5, "Ratio marked by a dashed line (the issue's).")
-
-LAYOUTS = ("map", "vmap", "prior_sharded")
 
 
 def parse_entry(entry):
@@ -74,7 +76,8 @@ def load_rounds(entries, layouts):
       cpu = content["machine"]["cpu"]
       by_case = {r["case"]: r for r in content["results"]}
     except (KeyError, TypeError) as e:
-      raise ValueError(f"{path}: not a compare_torch.py results file ({e!r} missing)") from e
+      raise ValueError(f"{path}: not a results file of compare_torch.py or prior_processes.py "
+                       f"({e!r} missing)") from e
     missing = [c for c in selected if c not in by_case]
     if missing:
       raise ValueError(f"{path}: no case {missing}; it has {', '.join(by_case)}")
@@ -96,11 +99,14 @@ def plot(machines, layouts, target, out):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  colors = {"map": "tab:blue", "vmap": "tab:orange", "prior_sharded": "tab:green"}
+  colors = {"map": "tab:blue", "vmap": "tab:orange", "prior_sharded": "tab:green",
+            "prior_processes": "tab:red"}
   cases_max = max(len(c) for c in machines.values())
   fig, axes = plt.subplots(1, len(machines), sharex=True, squeeze=False,
                            figsize=(6.5 * len(machines), 0.55 * cases_max + 1.6))
   rng = np.random.default_rng(0)
+  spacing = 0.8 / len(layouts)  # between a row's layouts, in rows
+  legend = {}  # layout -> a scatter of it, for the one legend of all panels
   for ax, (cpu, by_case) in zip(axes[0], machines.items()):
     names = list(by_case)
     for row, case in enumerate(names):
@@ -108,11 +114,11 @@ def plot(machines, layouts, target, out):
         ratios = np.asarray(by_case[case][layout])
         if not ratios.size:
           continue
-        y = row + (i - (len(layouts) - 1) / 2) * 0.25
-        jitter = rng.uniform(-0.06, 0.06, ratios.size)
-        ax.scatter(ratios, y + jitter, s=9, alpha=0.55, color=colors[layout],
-                   label=layout if row == 0 else None)
-        ax.plot([np.median(ratios)] * 2, [y - 0.11, y + 0.11], color=colors[layout], lw=2.5)
+        y = row + (i - (len(layouts) - 1) / 2) * spacing
+        jitter = rng.uniform(-0.25, 0.25, ratios.size) * spacing
+        legend[layout] = ax.scatter(ratios, y + jitter, s=9, alpha=0.55, color=colors[layout])
+        ax.plot([np.median(ratios)] * 2, [y - 0.45 * spacing, y + 0.45 * spacing],
+                color=colors[layout], lw=2.5)
     ax.axvline(target, color="k", ls="--", lw=1)
     ax.axvline(1.0, color="0.6", lw=0.8)
     ax.set_xscale("log")
@@ -124,7 +130,8 @@ def plot(machines, layouts, target, out):
     ax.set_title(cpu, fontsize=10)
     ax.set_xlabel("PyTorch time / JAX time, per round (> 1: JAX faster)")
     ax.grid(axis="x", alpha=0.3)
-  fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(layouts),
+  shown = [layout for layout in layouts if layout in legend]
+  fig.legend([legend[layout] for layout in shown], shown, loc="lower center", ncol=len(shown),
              fontsize=9, title="JAX layout", title_fontsize=9)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -142,11 +149,23 @@ def main(argv):
   machines = load_rounds(_RESULTS.value, _LAYOUTS.value)
   plot(machines, _LAYOUTS.value, _TARGET.value, _FIGURE.value)
   for cpu, by_case in machines.items():
-    print(cpu)
-    for case, by_layout in by_case.items():
-      medians = "  ".join(f"{l} {np.median(r):.2f}x ({len(r)} rounds)"
-                          for l, r in by_layout.items() if r)
-      print(f"  {case:24s} {medians}")
+    print(median_table(cpu, by_case, _LAYOUTS.value, _TARGET.value))
+
+
+def median_table(cpu, by_case, layouts, target):
+  """A markdown table of one machine's median per-round ratio per case and layout, with
+  the number of rounds; bold where it reaches `target`."""
+  def cell(ratios):
+    if not ratios:
+      return "-"
+    median = f"{np.median(ratios):.2f}x"
+    return f"**{median}** ({len(ratios)})" if np.median(ratios) >= target else \
+        f"{median} ({len(ratios)})"
+  lines = [f"| {cpu}: case | " + " | ".join(layouts) + " |",
+           "|---" * (len(layouts) + 1) + "|"]
+  lines += [f"| `{case}` | " + " | ".join(cell(by_layout[l]) for l in layouts) + " |"
+            for case, by_layout in by_case.items()]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

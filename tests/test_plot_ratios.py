@@ -39,6 +39,13 @@ def test_round_ratios_pair_each_round_with_its_own_torch_time():
     plot_ratios.round_ratios(result, "vmap")
 
 
+def test_prior_processes_rounds_pair_with_the_same_torch_rounds():
+  result = dict(case_result("c", jax_map=[1.0, 2.0], torch_2t=[3.0, 4.0], torch_1t=[9.0, 9.0]),
+                jax_prior_processes_all_s=[0.5, 2.0])
+  np.testing.assert_allclose(plot_ratios.round_ratios(result, "prior_processes"), [6.0, 2.0])
+  np.testing.assert_allclose(plot_ratios.round_ratios(result, "map"), [3.0, 2.0])
+
+
 def test_load_rounds_selects_pools_and_orders_cases(tmp_path):
   first = write_results(tmp_path / "a.json", "cpu A", [
       case_result("wavenet_paper_train", [1.0, 1.0], [2.0, 3.0], [5.0, 5.0]),
@@ -71,16 +78,25 @@ def test_bad_input_names_the_file(tmp_path):
     plot_ratios.load_rounds([good], ["map"])
   not_results = tmp_path / "x.json"
   not_results.write_text(json.dumps({"results": []}))
-  with pytest.raises(ValueError, match="x.json: not a compare_torch.py results file"):
+  with pytest.raises(ValueError, match="x.json: not a results file of compare_torch.py"):
     plot_ratios.load_rounds([str(not_results)], ["map"])
 
 
 def test_plot_writes_one_panel_per_machine(tmp_path):
   import matplotlib.image  # pylint: disable=g-import-not-at-top
-  machines = {"cpu A": {"c": {"map": [1.2, 1.6], "vmap": []}},
-              "cpu B": {"c": {"map": [2.0], "vmap": [0.9]}}}
+  machines = {"cpu A": {"c": {"map": [1.2, 1.6], "vmap": [], "prior_processes": [1.7]}},
+              "cpu B": {"c": {"map": [2.0], "vmap": [0.9], "prior_processes": []}}}
   out = tmp_path / "figs" / "ratios.png"
-  plot_ratios.plot(machines, ["map", "vmap"], 1.5, str(out))
+  plot_ratios.plot(machines, ["map", "vmap", "prior_processes"], 1.5, str(out))
   height, width, _ = matplotlib.image.imread(out).shape
   assert width > 1.5 * height
   assert [p.name for p in out.parent.iterdir()] == ["ratios.png"]
+
+
+def test_median_table_bolds_the_cases_that_reach_the_target():
+  table = plot_ratios.median_table(
+      "cpu A", {"c": {"map": [1.2, 1.6, 1.7], "vmap": []}, "d": {"map": [1.0], "vmap": [2.0]}},
+      ["map", "vmap"], 1.5)
+  assert table.splitlines() == ["| cpu A: case | map | vmap |", "|---|---|---|",
+                                "| `c` | **1.60x** (3) | - |",
+                                "| `d` | 1.00x (1) | **2.00x** (1) |"]
