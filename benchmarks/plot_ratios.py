@@ -1,7 +1,7 @@
 """Every timed round of compare_torch.py or prior_processes.py as a PyTorch / JAX ratio,
 per case and layout.
 
-  python benchmarks/plot_ratios.py --figure=docs/compare_torch.png \
+  python benchmarks/plot_ratios.py --figure=docs/compare_torch_rounds.png \
       --results=benchmarks/results/compare_torch_intel_xeon.json,...
 
 Each entry of `--results` is a results file of `compare_torch.py` or `prior_processes.py`
@@ -141,6 +141,22 @@ def plot(machines, layouts, target, out):
   os.replace(partial, out)
 
 
+def median_table(cpu, by_case, layouts, target):
+  """A markdown table of one machine's median per-round ratio per case and layout, with
+  the number of rounds; bold where it reaches `target`."""
+  def cell(ratios):
+    if not ratios:
+      return "-"
+    median = np.median(ratios)
+    text = f"**{median:.2f}x**" if median >= target else f"{median:.2f}x"
+    return f"{text} ({len(ratios)})"
+  lines = [f"| {cpu}: case | " + " | ".join(layouts) + " |",
+           "|---" * (len(layouts) + 1) + "|"]
+  lines += [f"| `{case}` | " + " | ".join(cell(by_layout[l]) for l in layouts) + " |"
+            for case, by_layout in by_case.items()]
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   unknown = [l for l in _LAYOUTS.value if l not in LAYOUTS]
@@ -150,22 +166,6 @@ def main(argv):
   plot(machines, _LAYOUTS.value, _TARGET.value, _FIGURE.value)
   for cpu, by_case in machines.items():
     print(median_table(cpu, by_case, _LAYOUTS.value, _TARGET.value))
-
-
-def median_table(cpu, by_case, layouts, target):
-  """A markdown table of one machine's median per-round ratio per case and layout, with
-  the number of rounds; bold where it reaches `target`."""
-  def cell(ratios):
-    if not ratios:
-      return "-"
-    median = f"{np.median(ratios):.2f}x"
-    return f"**{median}** ({len(ratios)})" if np.median(ratios) >= target else \
-        f"{median} ({len(ratios)})"
-  lines = [f"| {cpu}: case | " + " | ".join(layouts) + " |",
-           "|---" * (len(layouts) + 1) + "|"]
-  lines += [f"| `{case}` | " + " | ".join(cell(by_layout[l]) for l in layouts) + " |"
-            for case, by_layout in by_case.items()]
-  return "\n".join(lines)
 
 
 if __name__ == "__main__":
